@@ -1,0 +1,1 @@
+"""Simulated devices: traffic detectors, cameras, environmental sensors, bus GPS; encoders and transports."""

@@ -1,0 +1,1 @@
+"""Experiment specs, replications and sweeps on Ray, result store, statistics, phase assessments."""

@@ -1,0 +1,20 @@
+"""The twin's clock: SimPy environments in virtual time, or in wall-clock time scaled by a speedup.
+
+Everything in a run is a SimPy process on one environment, so the order of events at equal times is
+the order they were scheduled: that is what makes a run repeatable to the byte.
+"""
+
+from __future__ import annotations
+
+import simpy
+import simpy.rt
+
+
+def virtual_clock() -> simpy.Environment:
+    """As fast as the computer goes: for planners and evaluators."""
+    return simpy.Environment()
+
+
+def wall_clock(speedup: float) -> simpy.rt.RealtimeEnvironment:
+    """One virtual second every 1/speedup wall seconds, never waiting for a late step (live drive)."""
+    return simpy.rt.RealtimeEnvironment(factor=1.0 / speedup, strict=False)

@@ -1,0 +1,167 @@
+"""The append-only record of a run: every event with its virtual time, written as Parquet.
+
+One table, one row per event. Columns are `seq` (append order), `t` (virtual seconds since the
+scenario start), `kind` (dotted name), `subject` (the link, node, trip or request the event is about)
+and the fields the kinds declare in `FIELDS`; a field a kind does not use is null. One union schema
+keeps the file a single Parquet table that any tool reads, and null columns cost almost nothing.
+
+KPIs are pure functions of this table (and the city), so the same KPI code serves simulated and live
+runs. Rows are flushed to disk in row groups as they come, so a run that is stopped keeps what it had.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Every field any event kind may carry, with its Arrow type. A new kind adds its fields here.
+FIELDS: dict[str, pa.DataType] = {
+    # trips (platoon-level: one row stands for `vehicles` vehicles of the mix, `pcu` passenger-car units)
+    "origin": pa.string(),
+    "dest": pa.string(),
+    "depart_t": pa.float64(),
+    "travel_time_s": pa.float64(),
+    "free_flow_s": pa.float64(),
+    "vehicles": pa.float64(),
+    "pcu": pa.float64(),
+    # link state snapshots and the flows between them
+    "entries": pa.float64(),
+    "exits": pa.float64(),
+    "on_link": pa.float64(),
+    "speed_mps": pa.float64(),
+    "density_pcu_km": pa.float64(),
+    "queue": pa.float64(),
+    # hazards and the changes they make
+    "cause": pa.string(),
+    "capacity_factor": pa.float64(),
+    "duration_s": pa.float64(),
+    "intensity_mm_h": pa.float64(),
+    "depth_m": pa.float64(),
+}
+
+# The kinds the twin writes, each with the fields it fills: the ledger's data dictionary.
+KINDS: dict[str, tuple[str, ...]] = {
+    "run.start": ("cause",),
+    "run.end": ("duration_s",),
+    "trip.end": ("origin", "dest", "depart_t", "travel_time_s", "free_flow_s", "vehicles", "pcu"),
+    "trip.unfinished": ("origin", "dest", "depart_t", "free_flow_s", "vehicles", "pcu"),
+    "link.state": ("on_link", "speed_mps", "density_pcu_km", "queue"),
+    "link.flow": ("entries", "exits", "duration_s"),  # PCU in and out over the interval ending at t
+    "incident.start": ("cause", "capacity_factor", "duration_s"),
+    "incident.end": ("cause",),
+    "rain.start": ("intensity_mm_h", "duration_s"),
+    "rain.end": (),
+    "flood.start": ("depth_m",),
+    "flood.end": ("depth_m",),
+    "link.closed": ("cause",),
+    "link.reopened": ("cause",),
+}
+
+BASE = (("seq", pa.int64()), ("t", pa.float64()), ("kind", pa.string()), ("subject", pa.string()))
+SCHEMA = pa.schema([pa.field(n, t) for n, t in BASE] + [pa.field(n, t) for n, t in FIELDS.items()])
+
+
+class Ledger:
+    """Append-only event log. `append` for single events, `append_many` for columns of one kind."""
+
+    def __init__(self, path: str | Path | None = None, *, flush_rows: int = 65536):
+        self.path = Path(path) if path is not None else None
+        self._flush_rows = flush_rows
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._written: list[pa.RecordBatch] = []  # kept in memory only when there is no path
+        self._writer: pq.ParquetWriter | None = None
+        self._seq = 0
+        self.closed = False
+
+    def __len__(self) -> int:
+        return self._seq
+
+    def append(self, kind: str, t: float, subject: str = "", **fields: Any) -> None:
+        self.append_many(kind, [t], [subject], **{k: [v] for k, v in fields.items()})
+
+    def append_many(self, kind: str, t: Iterable[float], subject: Iterable[str], **fields: Any) -> None:
+        if self.closed:
+            raise RuntimeError("the ledger is closed")
+        allowed = KINDS.get(kind)
+        if allowed is None:
+            raise KeyError(f"unknown event kind {kind!r}; declare it in ledger.KINDS")
+        extra = set(fields) - set(allowed)
+        if extra:
+            raise KeyError(f"event kind {kind!r} has no field(s) {sorted(extra)}")
+        t = np.asarray(t, dtype=float)
+        n = len(t)
+        if n == 0:
+            return
+        columns: dict[str, pa.Array] = {
+            "seq": pa.array(np.arange(self._seq, self._seq + n, dtype=np.int64)),
+            "t": pa.array(t),
+            "kind": pa.array([kind] * n, pa.string()),
+            "subject": pa.array([str(s) for s in subject], pa.string()),
+        }
+        for name, typ in FIELDS.items():
+            if name in fields:
+                values = fields[name]
+                if typ == pa.string():
+                    values = [None if v is None else str(v) for v in values]
+                columns[name] = pa.array(values, typ)
+            else:
+                columns[name] = pa.nulls(n, typ)
+        batch = pa.RecordBatch.from_arrays([columns[f.name] for f in SCHEMA], schema=SCHEMA)
+        if batch.num_rows != n:
+            raise ValueError(f"{kind}: field lengths differ from the number of times ({n})")
+        self._seq += n
+        self._pending.append(batch)
+        self._pending_rows += n
+        if self._pending_rows >= self._flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=SCHEMA)
+        self._pending, self._pending_rows = [], 0
+        if self.path is None:
+            self._written.extend(table.to_batches())
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, SCHEMA, compression="zstd")
+        self._writer.write_table(table)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.flush()
+        if self.path is not None:
+            if self._writer is None:  # an empty run still leaves a readable file
+                pq.write_table(SCHEMA.empty_table(), self.path, compression="zstd")
+            else:
+                self._writer.close()
+        self.closed = True
+
+    def table(self) -> pa.Table:
+        """Everything recorded so far (reads the file back when the ledger writes to disk)."""
+        if self.path is not None:
+            self.flush()
+            if self._writer is not None and not self.closed:
+                raise RuntimeError("close the ledger before reading it back from disk")
+            return read_ledger(self.path)
+        return pa.Table.from_batches(self._written + self._pending, schema=SCHEMA)
+
+
+def read_ledger(path: str | Path) -> pa.Table:
+    return pq.read_table(path, schema=SCHEMA)
+
+
+def events(table: pa.Table, kind: str, columns: Iterable[str] | None = None):
+    """The rows of one kind as a pandas DataFrame with the kind's own fields (plus t and subject)."""
+    import pyarrow.compute as pc
+
+    cols = ["t", "subject", *(columns if columns is not None else KINDS[kind])]
+    sub = table.filter(pc.equal(table["kind"], kind)).select(cols)
+    return sub.to_pandas()

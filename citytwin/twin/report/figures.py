@@ -1,0 +1,279 @@
+"""The report's figures, one function per figure, each returning a matplotlib Figure.
+
+Figures are built with the object-oriented API, never through pyplot: pyplot keeps every figure in a
+global registry (a leak in a long-running process) and may reach for an interactive backend, while
+these machines are headless. `html.py` renders them to PNG on an Agg canvas.
+
+Every function takes plain arrays and numbers already extracted from the ledger, so the figures can be
+tested and reused without a run. Times are virtual seconds since the scenario start and are labelled
+as clock time from the scenario's start clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter
+
+from citytwin.twin.city.model import City
+
+DPI = 110
+WIDTH_IN = 9.1  # ~1000 px at DPI
+CONGESTION_CMAP = colormaps["RdYlGn"]  # red where traffic crawls, green where it flows freely
+NO_SNAPSHOT_GREY = "#bdbdbd"
+CAUSE_COLOURS = {"crash": "#d62728", "breakdown": "#ff7f0e"}
+OTHER_INCIDENT_COLOUR = "#9467bd"
+KIND_COLOURS = {"rain": "#6baed6", "flood": "#1f4e9c", "closure": "#555555"}
+MAX_TIMELINE_ROWS = 40  # beyond this a Gantt chart stops being readable; the rest are counted in the title
+
+
+@dataclass(frozen=True)
+class Hazard:
+    """One hazard episode on the timeline: a matched start/end pair of ledger events."""
+
+    kind: str  # incident | rain | flood | closure
+    subject: str  # the link, node or area the events name
+    start: float  # s since the scenario start
+    end: float
+    open_ended: bool  # no end event: it lasts to the end of the run
+    cause: str = ""  # crash | breakdown for incidents, the closing hazard for closures
+    label: str = ""  # how the timeline names its row (subject and street name)
+
+
+def parse_clock(clock: str) -> float:
+    """Seconds after midnight of an "HH:MM" or "HH:MM:SS" start clock."""
+    parts = [int(p) for p in str(clock).split(":")]
+    hours, minutes, seconds = (parts + [0, 0, 0])[:3]
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+def clock_label(t: float, start_s: float) -> str:
+    """Clock time of a run time: the end of a day is 24:00, and later days carry a "+1d" prefix."""
+    total = int(round(start_s + t))
+    day, rest = divmod(total, 86400)
+    if day and not rest:
+        day, rest = day - 1, 86400
+    label = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}"
+    return f"+{day}d {label}" if day else label
+
+
+def _figure(height_in: float) -> Figure:
+    return Figure(figsize=(WIDTH_IN, height_in), dpi=DPI, layout="constrained")
+
+
+def _no_data(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="#666666")
+
+
+def _clock_axis(ax, t_max: float, start_s: float) -> None:
+    """Ticks on whole clock hours (not on whole hours since the start, which may be 06:30)."""
+    if t_max <= 0:
+        return
+    hours = t_max / 3600
+    step = 3600 * (1 if hours <= 6 else 2 if hours <= 12 else 3 if hours <= 36 else 6)
+    first = math.ceil(start_s / step) * step - start_s
+    ticks = np.arange(first, t_max + 1, step)
+    ax.set_xticks(ticks, [clock_label(t, start_s) for t in ticks])
+    ax.set_xlim(0, t_max)
+    ax.set_xlabel("clock time")
+
+
+def link_segments(city: City, offset_m: float) -> np.ndarray:
+    """(links, 2, 2) segment ends, two-way links shifted to the right of their direction.
+
+    Traffic in Vietnam keeps right, so moving each direction of a two-way street to its right side
+    shows both directions side by side where the map would otherwise draw one over the other.
+    """
+    nodes, links = city.nodes, city.links
+    p0 = np.column_stack([nodes.x[links.src], nodes.y[links.src]])
+    p1 = np.column_stack([nodes.x[links.dst], nodes.y[links.dst]])
+    n = max(len(nodes), 1)
+    two_way = np.isin(links.dst * n + links.src, links.src * n + links.dst)
+    v = p1 - p0
+    length = np.hypot(v[:, 0], v[:, 1])
+    length[length == 0] = 1.0  # a zero-length link has no side; its shift comes out zero anyway
+    right = np.column_stack([v[:, 1], -v[:, 0]]) / length[:, None]
+    shift = right * (offset_m * two_way)[:, None]
+    return np.stack([p0 + shift, p1 + shift], axis=1)
+
+
+def _map_extent(city: City) -> tuple[float, float, float, float]:
+    x, y = city.nodes.x, city.nodes.y
+    if len(x) == 0:
+        return 0.0, 1.0, 0.0, 1.0
+    return float(np.nanmin(x)), float(np.nanmax(x)), float(np.nanmin(y)), float(np.nanmax(y))
+
+
+def network_map(city: City, ratio: np.ndarray, *, incident_links: Iterable[int] = (),
+                flooded_nodes: Iterable[int] = (), title: str = "") -> Figure:
+    """Links coloured by speed / free-flow speed (NaN = no snapshot, grey), width by lanes."""
+    x0, x1, y0, y1 = _map_extent(city)
+    span = max(x1 - x0, y1 - y0, 1.0)
+    dx, dy = max(x1 - x0, span * 0.05), max(y1 - y0, span * 0.05)
+    fig = _figure(float(np.clip(7.6 * dy / dx + 0.9, 4.0, 11.0)))
+    ax = fig.add_subplot()
+
+    # each direction ~2 px off the centre line at this width, whatever the city's size in metres
+    segments = link_segments(city, offset_m=span * 0.0025)
+    widths = np.clip(0.4 + 0.45 * city.links.lanes, 0.6, 2.6)
+    has = np.isfinite(ratio)
+    ax.add_collection(LineCollection(segments[~has], colors=NO_SNAPSHOT_GREY, linewidths=widths[~has],
+                                     capstyle="round", zorder=1))
+    # the most congested links last, so a red street is never hidden under a green one
+    order = np.flatnonzero(has)[np.argsort(-ratio[has], kind="stable")]
+    norm = Normalize(0.0, 1.0)
+    coloured = LineCollection(segments[order], array=np.clip(ratio[order], 0.0, 1.0), cmap=CONGESTION_CMAP,
+                              norm=norm, linewidths=widths[order], capstyle="round", zorder=2)
+    ax.add_collection(coloured)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=CONGESTION_CMAP), ax=ax, shrink=0.7, pad=0.01,
+                 label="speed / free-flow speed")
+
+    handles = [Line2D([], [], color=NO_SNAPSHOT_GREY, lw=2, label="no snapshot")] if (~has).any() else []
+    sig = np.asarray(city.nodes.signalised, bool)
+    if sig.any():
+        ax.scatter(city.nodes.x[sig], city.nodes.y[sig], s=5, marker="s", color="#222222", lw=0, zorder=3)
+        handles.append(Line2D([], [], ls="", marker="s", ms=3, color="#222222", label="signalised junction"))
+    links = np.fromiter(incident_links, dtype=np.int64)
+    if len(links):
+        mid = segments[links].mean(axis=1)  # on the blocked direction's side of a two-way street
+        ax.scatter(mid[:, 0], mid[:, 1], s=80, marker="X", color="#d62728", edgecolors="white", lw=0.8, zorder=5)
+        handles.append(Line2D([], [], ls="", marker="X", ms=8, color="#d62728", mec="white",
+                              label="incident at the peak"))
+    nodes = np.fromiter(flooded_nodes, dtype=np.int64)
+    if len(nodes):
+        ax.scatter(city.nodes.x[nodes], city.nodes.y[nodes], s=90, marker="o", color=KIND_COLOURS["flood"],
+                   alpha=0.75, edgecolors="white", lw=0.8, zorder=4)
+        handles.append(Line2D([], [], ls="", marker="o", ms=8, color=KIND_COLOURS["flood"], mec="white",
+                              label="flooded junction at the peak"))
+    if handles:  # below the map, where it cannot hide streets
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
+
+    ax.update_datalim([(x0, y0), (x0 + dx, y0 + dy)])
+    ax.margins(0.03)
+    ax.set_aspect("equal", adjustable="datalim")  # fill the panel: widen the view rather than shrink the axes
+    ax.autoscale_view()
+    km = FuncFormatter(lambda v, _: f"{v / 1000:g}")
+    ax.xaxis.set_major_formatter(km)
+    ax.yaxis.set_major_formatter(km)
+    ax.set_xlabel("x (km east)")
+    ax.set_ylabel("y (km north)")
+    ax.set_title(title)
+    return fig
+
+
+def _series_arrays(series: dict) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(series.get("x") or [], dtype=float)
+    values = np.asarray([np.nan if v is None else v for v in series.get("values") or []], dtype=float)
+    return x, values
+
+
+def _ylabel(series: dict, fallback: str) -> str:
+    unit = series.get("unit")
+    return f"{fallback} ({unit})" if unit else fallback
+
+
+def hourly_congestion(series: dict, start_s: float) -> Figure:
+    """Bars of the congestion index for each hour since the start, labelled with the clock hour."""
+    fig = _figure(3.4)
+    ax = fig.add_subplot()
+    hours, values = _series_arrays(series)
+    label = series.get("label") or "Congestion index"
+    if len(hours):
+        ax.bar(hours, np.nan_to_num(values), width=0.85, color="#e6550d")
+        step = max(1, math.ceil(len(hours) / 12))
+        ax.set_xticks(hours[::step], [clock_label(h * 3600, start_s) for h in hours[::step]])
+        ax.set_xlim(hours.min() - 0.6, hours.max() + 0.6)
+    else:
+        _no_data(ax, "no link.state snapshots in this run")
+    ax.set_xlabel("hour starting at")
+    ax.set_ylabel(_ylabel(series, "congestion index"))
+    ax.set_title(f"{label} by hour")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def line_series(series: dict, start_s: float, duration_s: float, *, title: str, ylabel: str,
+                colour: str, peak_t: float | None = None) -> Figure:
+    """A quantity over the run against clock time, with the congestion peak marked."""
+    fig = _figure(3.2)
+    ax = fig.add_subplot()
+    t, values = _series_arrays(series)
+    if len(t):
+        ax.plot(t, values, color=colour, lw=1.6)
+        ax.fill_between(t, np.nan_to_num(values), color=colour, alpha=0.15, lw=0)
+        ax.set_ylim(bottom=0)
+        if peak_t is not None:
+            ax.axvline(peak_t, color="#444444", ls="--", lw=1, label=f"peak {clock_label(peak_t, start_s)}")
+            ax.legend(loc="upper left", fontsize="small")
+    else:
+        _no_data(ax, "no data in this run")
+    _clock_axis(ax, max(duration_s, float(t.max()) if len(t) else 0.0), start_s)
+    ax.set_ylabel(_ylabel(series, ylabel))
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _hazard_colour(h: Hazard) -> str:
+    if h.kind == "incident":
+        return CAUSE_COLOURS.get(h.cause, OTHER_INCIDENT_COLOUR)
+    return KIND_COLOURS[h.kind]
+
+
+def hazard_timeline(hazards: Sequence[Hazard], duration_s: float, start_s: float,
+                    peak_t: float | None = None) -> Figure:
+    """Gantt chart: a row per hazard subject, rain also shaded behind every row, the peak marked."""
+    rows: dict[tuple[str, str], list[Hazard]] = {}
+    # rain first: it is the backdrop the other hazards happen against
+    for h in sorted(hazards, key=lambda h: (h.kind != "rain", h.start)):
+        rows.setdefault((h.kind, h.subject), []).append(h)
+    shown = list(rows.items())[:MAX_TIMELINE_ROWS]
+    fig = _figure(1.4 + 0.3 * len(shown))
+    ax = fig.add_subplot()
+
+    for h in hazards:
+        if h.kind == "rain":
+            ax.axvspan(h.start, h.end, color=KIND_COLOURS["rain"], alpha=0.12, lw=0, zorder=0)
+    open_ended = False
+    for i, (_, episodes) in enumerate(shown):
+        ax.broken_barh([(h.start, max(h.end - h.start, 1.0)) for h in episodes], (i - 0.35, 0.7),
+                       facecolors=[_hazard_colour(h) for h in episodes], zorder=2)
+        for h in episodes:
+            if h.open_ended:
+                ax.plot(h.end, i, marker=">", color=_hazard_colour(h), ms=7, zorder=3, clip_on=False)
+                open_ended = True
+    ax.set_yticks(range(len(shown)), [episodes[0].label or f"{kind} {subject}".strip()
+                                      for (kind, subject), episodes in shown])
+    ax.set_ylim(len(shown) - 0.5, -0.5)
+    if peak_t is not None:
+        ax.axvline(peak_t, color="#444444", ls="--", lw=1, zorder=4)
+    t_max = max([duration_s] + [h.end for h in hazards])
+    _clock_axis(ax, t_max, start_s)
+    ax.grid(axis="x", alpha=0.3)
+
+    kinds = {(h.kind, h.cause if h.kind == "incident" else "") for h in hazards}
+    handles = [Patch(color=CAUSE_COLOURS[c], label=f"incident: {c}") for c in CAUSE_COLOURS
+               if ("incident", c) in kinds]
+    if any(k == "incident" and c not in CAUSE_COLOURS for k, c in kinds):
+        handles.append(Patch(color=OTHER_INCIDENT_COLOUR, label="incident: other cause"))
+    handles += [Patch(color=KIND_COLOURS[k], label=k) for k in KIND_COLOURS if any(k == kk for kk, _ in kinds)]
+    if open_ended:
+        handles.append(Line2D([], [], ls="", marker=">", color="#444444", label="no end event: lasts to the end"))
+    if peak_t is not None:
+        handles.append(Line2D([], [], color="#444444", ls="--", lw=1,
+                              label=f"congestion peak {clock_label(peak_t, start_s)}"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4) or 1, fontsize="small",
+               frameon=False)
+    hidden = len(rows) - len(shown)
+    ax.set_title("Hazards over the run" + (f" (first {len(shown)} of {len(rows)} rows)" if hidden else ""))
+    return fig

@@ -1,0 +1,328 @@
+"""The run report: one self-contained HTML file an evaluator can open offline or send on.
+
+Everything is inline (CSS, figures as base64 PNG, no script, no external address), so the file reads
+the same on a machine with no network and survives being mailed as an attachment. Every number and
+figure comes from the ledger and the KPIs computed from it; the report adds no state of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections import defaultdict, deque
+from html import escape
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from citytwin.twin.city.model import City
+from citytwin.twin.ledger import KINDS
+from citytwin.twin.report import figures
+from citytwin.twin.report.figures import Hazard, clock_label, parse_clock
+
+# start/end event kinds of each hazard: (timeline kind, whether the event opens an episode)
+HAZARD_EVENTS: dict[str, tuple[str, bool]] = {
+    "incident.start": ("incident", True),
+    "incident.end": ("incident", False),
+    "rain.start": ("rain", True),
+    "rain.end": ("rain", False),
+    "flood.start": ("flood", True),
+    "flood.end": ("flood", False),
+    "link.closed": ("closure", True),
+    "link.reopened": ("closure", False),
+}
+LINK_HAZARDS = ("incident", "closure")
+BUSIEST_LINKS = 10
+
+CSS = """
+body { font-family: "DejaVu Sans", "Noto Sans", "Segoe UI", Arial, sans-serif; color: #222;
+       margin: 0; background: #f4f4f2; line-height: 1.45; }
+main { max-width: 1040px; margin: 0 auto; padding: 1.5rem 1.5rem 3rem; background: #fff; }
+h1 { font-size: 1.6rem; margin: 0 0 .3rem; }
+h2 { font-size: 1.2rem; margin: 2rem 0 .6rem; border-bottom: 2px solid #e6550d; padding-bottom: .2rem; }
+.sub { color: #555; margin: 0 0 1rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .92rem; }
+th, td { padding: .25rem .7rem; border-bottom: 1px solid #e3e3e3; text-align: left; vertical-align: top; }
+th { background: #f7f7f7; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.facts th { background: none; color: #555; font-weight: normal; width: 13rem; }
+figure { margin: .5rem 0 1.2rem; }
+figure img { max-width: 100%; height: auto; display: block; }
+figcaption, .note { color: #555; font-size: .88rem; }
+footer { margin-top: 2.5rem; border-top: 1px solid #ccc; padding-top: .8rem; }
+"""
+
+
+def write_report(path: str | Path, *, city: City, ledger: pa.Table, kpis: dict[str, Any],
+                 title: str | None = None) -> Path:
+    """Write the run's HTML report to `path` and return it. `ledger` is the table in the ledger schema."""
+    path = Path(path)
+    start_s = parse_clock(kpis.get("start_clock") or "00:00")
+    duration_s = _duration(kpis, ledger)
+    peak_t, speeds = peak_speeds(ledger, city, (kpis.get("peak") or {}).get("t"))
+    hazards = hazard_intervals(ledger, duration_s, _row_labeller(city))
+    title = title or f"citytwin run report: {kpis.get('scenario', 'run')} ({city.name})"
+    body = "\n".join([
+        _header(title, city, kpis, start_s, duration_s),
+        _kpi_section(kpis.get("kpis") or {}),
+        _map_section(city, speeds, peak_t, hazards, start_s),
+        _series_section(kpis.get("series") or {}, start_s, duration_s, peak_t),
+        _hazard_section(hazards, duration_s, start_s, peak_t),
+        _footer(ledger),
+    ])
+    document = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n"
+        "</body>\n</html>\n"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path
+
+
+def _duration(kpis: dict[str, Any], ledger: pa.Table) -> float:
+    if kpis.get("duration_s") is not None:
+        return float(kpis["duration_s"])
+    last = pc.max(ledger["t"]).as_py() if ledger.num_rows else None
+    return float(last or 0.0)
+
+
+def peak_speeds(ledger: pa.Table, city: City, peak_t: float | None) -> tuple[float | None, np.ndarray]:
+    """Speed of every link (NaN where unknown) in the link.state snapshot nearest `peak_t`.
+
+    Nearest rather than equal, so a peak time that went through JSON or rounding still finds its
+    snapshot. Only that one snapshot is read into NumPy, which keeps big runs cheap.
+    """
+    speeds = np.full(len(city.links), np.nan)
+    if peak_t is None:
+        return None, speeds
+    states = ledger.filter(pc.equal(ledger["kind"], "link.state")).select(["t", "subject", "speed_mps"])
+    if states.num_rows == 0:
+        return None, speeds
+    times = pc.unique(states["t"]).to_numpy()
+    t = float(times[np.argmin(np.abs(times - float(peak_t)))])
+    snap = states.filter(pc.equal(states["t"], t))
+    index = pc.index_in(snap["subject"], value_set=pa.array(city.links.ids.tolist(), pa.string()))
+    known = index.is_valid().to_numpy(zero_copy_only=False)
+    values = snap["speed_mps"].to_numpy()
+    speeds[index.to_numpy(zero_copy_only=False)[known].astype(np.int64)] = values[known]
+    return t, speeds
+
+
+def _row_labeller(city: City) -> Callable[[str, str], str]:
+    link_names = dict(zip((str(i) for i in city.links.ids), (str(n) for n in city.links.name)))
+
+    def label(kind: str, subject: str) -> str:
+        name = link_names.get(subject, "") if kind in LINK_HAZARDS else ""
+        text = f"{kind} {subject}".strip() + (f" · {name}" if name else "")
+        return text if len(text) <= 48 else text[:47] + "…"
+
+    return label
+
+
+def hazard_intervals(ledger: pa.Table, duration_s: float,
+                     label: Callable[[str, str], str] = lambda kind, subject: f"{kind} {subject}") -> list[Hazard]:
+    """Hazard episodes: each end closes the earliest open start of the same kind and subject.
+
+    A start with no end lasts to the end of the run; an end with no open start has no episode to show
+    and is left out.
+    """
+    rows = (ledger.filter(pc.is_in(ledger["kind"], value_set=pa.array(list(HAZARD_EVENTS))))
+            .select(["seq", "t", "kind", "subject", "cause"])
+            .sort_by([("t", "ascending"), ("seq", "ascending")]))
+    pending: dict[tuple[str, str], deque] = defaultdict(deque)
+    hazards = []
+    for row in rows.to_pylist():
+        kind, opens = HAZARD_EVENTS[row["kind"]]
+        key = (kind, row["subject"] or "")
+        if opens:
+            pending[key].append(row)
+        elif pending[key]:
+            start = pending[key].popleft()
+            hazards.append(_hazard(kind, start, row["t"], False, label))
+    for (kind, _), starts in pending.items():
+        hazards += [_hazard(kind, s, max(duration_s, s["t"]), True, label) for s in starts]
+    return sorted(hazards, key=lambda h: (h.start, h.kind, h.subject))
+
+
+def _hazard(kind: str, start: dict, end: float, open_ended: bool, label: Callable[[str, str], str]) -> Hazard:
+    subject = start["subject"] or ""
+    return Hazard(kind=kind, subject=subject, start=float(start["t"]), end=float(end), open_ended=open_ended,
+                  cause=start["cause"] or "", label=label(kind, subject))
+
+
+def _png_data_uri(fig: Figure) -> str:
+    FigureCanvasAgg(fig)  # Agg whatever backend the caller's session chose
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=figures.DPI)
+    fig.clear()  # drop the artists now rather than when the collector gets round to it
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _img(fig: Figure, alt: str, caption: str = "") -> str:
+    caption_html = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
+    return f'<figure><img src="{_png_data_uri(fig)}" alt="{escape(alt)}">{caption_html}</figure>'
+
+
+def format_value(value: Any) -> str:
+    """A KPI value as a person reads it: thousands separated, decimals that matter, "—" when absent."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return "—"
+        if v.is_integer():
+            return f"{int(v):,}"
+        size = abs(v)
+        return f"{v:,.0f}" if size >= 100 else f"{v:.1f}" if size >= 10 else f"{v:.2f}" if size >= 1 else f"{v:.3g}"
+    return str(value)
+
+
+def _facts_table(rows: list[tuple[str, str]]) -> str:
+    cells = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return f'<table class="facts">{cells}</table>'
+
+
+def _attribution(city: City) -> str:
+    parts = []
+    # ODbL requires the credit wherever OSM-derived data is shown
+    if city.source.startswith("osm") and "openstreetmap" not in city.attribution.lower():
+        parts.append("© OpenStreetMap contributors (ODbL)")
+    if city.attribution:
+        parts.append(city.attribution)
+    return "; ".join(parts) or "—"
+
+
+def _header(title: str, city: City, kpis: dict[str, Any], start_s: float, duration_s: float) -> str:
+    summary = city.summary()
+    classes = ", ".join(f"{escape(c)} {n:,}" for c, n in summary["links_by_class"].items()) or "—"
+    network = (f"{summary['nodes']:,} nodes · {summary['links']:,} links · {summary['road_km']:,} km of road · "
+               f"{summary['signalised_junctions']:,} signalised junctions")
+    period = (f"{clock_label(0, start_s)} to {clock_label(duration_s, start_s)} "
+              f"({format_value(duration_s / 3600)} h of virtual time)")
+    facts = _facts_table([
+        ("Scenario", escape(str(kpis.get("scenario", "—")))),
+        ("Seed", escape(format_value(kpis.get("seed")))),
+        ("City", f'<span lang="vi">{escape(city.name)}</span>'),
+        ("Network source", escape(city.source)),
+        ("Network", escape(network)),
+        ("Links by road class", classes),
+        ("Simulated period", escape(period)),
+        ("Map data", escape(_attribution(city))),
+    ])
+    return f"<header>\n<h1>{escape(title)}</h1>\n{facts}\n</header>"
+
+
+def _kpi_section(kpis: dict[str, Any]) -> str:
+    rows = []
+    for key, entry in kpis.items():
+        entry = entry if isinstance(entry, dict) else {"value": entry}
+        rows.append(f"<tr><td>{escape(str(entry.get('label') or key))}</td>"
+                    f'<td class="num">{escape(format_value(entry.get("value")))}</td>'
+                    f"<td>{escape(str(entry.get('unit') or ''))}</td></tr>")
+    table = ("<table><tr><th>Indicator</th><th>Value</th><th>Unit</th></tr>" + "".join(rows) + "</table>"
+             if rows else '<p class="note">No KPIs were computed for this run.</p>')
+    return f'<section id="kpis">\n<h2>Key performance indicators</h2>\n{table}\n</section>'
+
+
+def _active_at(hazards: list[Hazard], kind: str, t: float | None) -> list[str]:
+    if t is None:
+        return []
+    return [h.subject for h in hazards if h.kind == kind and h.start <= t < h.end]
+
+
+def _map_section(city: City, speeds: np.ndarray, peak_t: float | None, hazards: list[Hazard],
+                 start_s: float) -> str:
+    ratio = speeds / city.links.free_flow_mps
+    link_index, node_index = city.link_index(), city.node_index()
+    incidents = {link_index[s] for s in _active_at(hazards, "incident", peak_t) if s in link_index}
+    floods = {node_index[s] for s in _active_at(hazards, "flood", peak_t) if s in node_index}
+    if peak_t is None:
+        title = "Road network (no link.state snapshot: every link in grey)"
+    else:
+        title = f"Congestion at the peak, {clock_label(peak_t, start_s)}"
+    fig = figures.network_map(city, ratio, incident_links=sorted(incidents), flooded_nodes=sorted(floods),
+                              title=title)
+    caption = ("Each link is coloured by its speed over its free-flow speed in the link.state snapshot with the "
+               "most congested kilometres; width grows with lanes. Two-way streets are drawn as two lines, each "
+               "direction on its right-hand side.")
+    return (f'<section id="map">\n<h2>Network at the congestion peak</h2>\n{_img(fig, title, caption)}\n'
+            f"{_busiest_links(city, speeds, ratio)}\n</section>")
+
+
+def _busiest_links(city: City, speeds: np.ndarray, ratio: np.ndarray) -> str:
+    known = np.flatnonzero(np.isfinite(ratio))
+    if not len(known):
+        return '<p class="note">No link.state snapshot at the peak, so no busiest links to list.</p>'
+    top = known[np.argsort(ratio[known], kind="stable")][:BUSIEST_LINKS]
+    links = city.links
+    rows = "".join(
+        f"<tr><td>{escape(str(links.ids[i]))}</td><td lang=\"vi\">{escape(str(links.name[i])) or '—'}</td>"
+        f"<td>{escape(str(links.road_class[i]))}</td><td class=\"num\">{int(links.lanes[i])}</td>"
+        f'<td class="num">{speeds[i] * 3.6:.1f}</td><td class="num">{links.free_flow_mps[i] * 3.6:.1f}</td>'
+        f'<td class="num">{ratio[i]:.2f}</td></tr>'
+        for i in top)
+    return ("<h3>Busiest links at the peak</h3>\n<table><tr><th>Link</th><th>Street</th><th>Class</th>"
+            "<th>Lanes</th><th>Speed (km/h)</th><th>Free-flow (km/h)</th><th>Speed / free-flow</th></tr>"
+            f"{rows}</table>")
+
+
+def _series_section(series: dict[str, Any], start_s: float, duration_s: float, peak_t: float | None) -> str:
+    hourly = series.get("congestion_index_by_hour") or {}
+    vehicles = series.get("vehicles_on_network") or {}
+    congested = series.get("congested_km") or {}
+    parts = [
+        _img(figures.hourly_congestion(hourly, start_s), "Congestion index by hour"),
+        _img(figures.line_series(vehicles, start_s, duration_s, title="Vehicles on the network",
+                                 ylabel="vehicles", colour="#3182bd", peak_t=peak_t), "Vehicles on the network"),
+        _img(figures.line_series(congested, start_s, duration_s, title="Congested road length",
+                                 ylabel="congested length", colour="#de2d26", peak_t=peak_t),
+             "Congested road length"),
+    ]
+    return '<section id="series">\n<h2>Over the day</h2>\n' + "\n".join(parts) + "\n</section>"
+
+
+def _hazard_section(hazards: list[Hazard], duration_s: float, start_s: float, peak_t: float | None) -> str:
+    if not hazards:
+        return '<section id="hazards">\n<h2>Hazards</h2>\n<p class="note">No hazards in this run.</p>\n</section>'
+    counts: dict[str, int] = defaultdict(int)
+    for h in hazards:
+        counts[h.kind] += 1
+    summary = ", ".join(f"{n:,} {kind} episode{'s' if n != 1 else ''}" for kind, n in counts.items())
+    caption = ("Incidents, floods and closures per link or junction, from their start and end events in the "
+               "ledger; rain episodes also shade the background. An episode with no end event lasts to the end "
+               "of the run.")
+    fig = figures.hazard_timeline(hazards, duration_s, start_s, peak_t)
+    return (f'<section id="hazards">\n<h2>Hazards</h2>\n<p>{escape(summary)}.</p>\n'
+            f"{_img(fig, 'Hazard timeline', caption)}\n</section>")
+
+
+def kind_counts(ledger: pa.Table) -> list[tuple[str, int]]:
+    """Rows per event kind, in the order the ledger's data dictionary lists the kinds."""
+    if ledger.num_rows == 0:
+        return []
+    counted = pc.value_counts(ledger["kind"])
+    counts = dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+    order = [k for k in KINDS if k in counts] + sorted(k for k in counts if k not in KINDS)
+    return [(k, counts[k]) for k in order]
+
+
+def _footer(ledger: pa.Table) -> str:
+    rows = "".join(f'<tr><td>{escape(str(k))}</td><td class="num">{n:,}</td></tr>' for k, n in kind_counts(ledger))
+    table = (f"<table><tr><th>Event kind</th><th>Rows</th></tr>{rows}"
+             f'<tr><th>Total</th><th class="num">{ledger.num_rows:,}</th></tr></table>')
+    return ("<footer>\n<h2>Ledger</h2>\n" + table +
+            '\n<p class="note">Every figure and number in this report is computed from ledger.parquet, the run\'s '
+            "append-only event ledger; the KPIs are pure functions of it.</p>\n</footer>")

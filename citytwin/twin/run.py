@@ -1,0 +1,187 @@
+"""One scenario run: city, demand, engine, hazards on one SimPy clock, into the ledger, then KPIs."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from .city import build_city
+from .city.model import City
+from .city.paths import od_free_flow
+from .clock import virtual_clock
+from .hazards import Hazards, draw_incidents, draw_rain
+from .kpi.traffic import hazard_kpis, traffic_kpis
+from .ledger import Ledger
+from .scenario.schema import OdDemand, Scenario
+from .scenario.units import format_clock
+from .traffic.demand import od_demand, tntp_demand
+from .traffic.engine import TrafficEngine, TripBatch, TripResults
+from .traffic.uxsim_engine import UXsimEngine
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    kpis: dict
+    city: City
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.out_dir / "ledger.parquet"
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+class TrafficRecorder:
+    """Reads the engine back every chunk: finished trips, and link states every snapshot interval."""
+
+    def __init__(self, engine: TrafficEngine, city: City, ledger: Ledger, trips: TripBatch, *,
+                 vehicles_per_trip: float, pcu_per_trip: float):
+        self.engine, self.city, self.ledger = engine, city, ledger
+        self.vehicles_per_trip, self.pcu_per_trip = vehicles_per_trip, pcu_per_trip
+        self._free_flow = dict(zip(trips.ids.tolist(), od_free_flow(city, trips.origin, trips.dest).tolist()))
+
+        self._snapshot_times: list[float] = []
+
+    def process(self, env: simpy.Environment, chunk_s: float, snapshot_s: float, end_s: float,
+                on_progress: Callable[[float], None]):
+        next_snapshot = snapshot_s
+        while env.now < end_s:
+            yield env.timeout(min(chunk_s, end_s - env.now))
+            self.engine.advance_to(env.now)
+            self.record_finished()
+            if env.now + 1e-9 >= next_snapshot:
+                self.record_links()
+                next_snapshot += snapshot_s
+            on_progress(env.now)
+
+    def finish(self, t: float) -> None:
+        """At the end of the run (or where it was stopped): the last trips, what is still under way,
+        and the link flows of every snapshot interval, read once from the engine's count curves."""
+        self.record_finished()
+        self.record_unfinished(t)
+        self.record_flows()
+
+    def record_finished(self) -> None:
+        done = self.engine.finished_trips()
+        if len(done):
+            self._trips("trip.end", done.arrive_t, done, travel_time_s=done.arrive_t - done.depart_t)
+
+    def record_unfinished(self, t: float) -> None:
+        left = self.engine.unfinished_trips()
+        if len(left):
+            self._trips("trip.unfinished", np.full(len(left), t), left)
+
+    def _trips(self, kind: str, t: np.ndarray, r: TripResults, **extra) -> None:
+        names = self.city.nodes.ids
+        n = len(r)
+        self.ledger.append_many(kind, t, r.ids, origin=names[r.origin], dest=names[r.dest], depart_t=r.depart_t,
+                                free_flow_s=[self._free_flow[i] for i in r.ids.tolist()],
+                                vehicles=np.full(n, self.vehicles_per_trip), pcu=np.full(n, self.pcu_per_trip),
+                                **extra)
+
+    def record_links(self) -> None:
+        s = self.engine.link_snapshot()
+        self._snapshot_times.append(s.t)
+        self.ledger.append_many("link.state", np.full(len(s.speed_mps), s.t), self.city.links.ids,
+                                on_link=s.on_link, speed_mps=s.speed_mps, density_pcu_km=s.density_pcu_km,
+                                queue=s.queue)
+
+    def record_flows(self) -> None:
+        times = np.asarray(self._snapshot_times)
+        if not len(times):
+            return
+        entries, exits = self.engine.counts_at(times)
+        start = np.concatenate([[0.0], times[:-1]])
+        previous = lambda c: np.vstack([np.zeros((1, c.shape[1])), c[:-1]])  # noqa: E731
+        n = len(self.city.links)
+        self.ledger.append_many("link.flow", np.repeat(times, n), np.tile(self.city.links.ids, len(times)),
+                                entries=(entries - previous(entries)).ravel(), exits=(exits - previous(exits)).ravel(),
+                                duration_s=np.repeat(times - start, n))
+
+
+def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
+                 progress=None, write_report: bool = True) -> RunResult:
+    """Run `scenario` and write ledger.parquet, kpis.json and report.html into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seed = scenario.seed if seed is None else seed
+    # Independent streams per concern, so drawing more hazards never changes the demand.
+    demand_rng, hazard_rng, engine_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    city = build_city(scenario.city)
+    tr = scenario.traffic
+    duration = scenario.duration
+    trips = _demand(scenario, city, demand_rng)
+
+    ledger = Ledger(out / "ledger.parquet")
+    ledger.append("run.start", 0.0, scenario.name, cause=f"seed={seed}")
+    engine = UXsimEngine(city, horizon_s=duration, platoon_pcu=tr.platoon_pcu, reaction_time_s=tr.reaction_time_s,
+                         route_update_s=tr.route_update, route_noise=tr.route_noise,
+                         seed=int(engine_rng.integers(2**31)))
+    engine.add_trips(trips)
+    recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=tr.platoon_pcu / tr.mean_pcu,
+                               pcu_per_trip=float(tr.platoon_pcu))
+    env = virtual_clock()
+    hourly = np.asarray(scenario.demand.hourly_weights() if isinstance(scenario.demand, OdDemand) else [1.0] * 24)
+    incidents = draw_incidents(city, scenario.hazards, start_s=scenario.start, duration_s=duration,
+                               hourly_weights=hourly, rng=hazard_rng)
+    rain = draw_rain(scenario.hazards, start_s=scenario.start, duration_s=duration, rng=hazard_rng)
+    Hazards(env, city, engine, ledger, scenario.hazards, incidents, rain).start()
+
+    interrupted = False
+    with progress or nullcontext() as bar:
+        task = bar.add_task(f"{scenario.name}: simulating", total=duration) if bar else None
+        on_progress = (lambda t: bar.update(task, completed=t)) if bar else (lambda t: None)
+        env.process(recorder.process(env, tr.chunk, tr.snapshot, duration, on_progress))
+        try:
+            env.run(until=duration + 1e-6)
+            engine.advance_to(duration)
+        except KeyboardInterrupt:  # keep what was simulated: the ledger up to here is complete
+            interrupted = True
+    end = engine.time
+    recorder.finish(end)
+    ledger.append("run.end", end, scenario.name, duration_s=end)
+    ledger.close()
+    engine.close()
+    if interrupted:
+        raise KeyboardInterrupt
+
+    kpis = compute_kpis(ledger.table(), city, scenario, seed)
+    (out / "kpis.json").write_text(json.dumps(kpis, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if write_report:
+        from .report.html import write_report as render
+
+        render(out / "report.html", city=city, ledger=ledger.table(), kpis=kpis, title=scenario.name)
+    return RunResult(out_dir=out, kpis=kpis, city=city)
+
+
+def _demand(scenario: Scenario, city: City, rng: np.random.Generator) -> TripBatch:
+    tr, d = scenario.traffic, scenario.demand
+    if isinstance(d, OdDemand):
+        return od_demand(city, d, mean_pcu=tr.mean_pcu, platoon_pcu=tr.platoon_pcu, start_s=scenario.start,
+                         duration_s=scenario.duration, rng=rng)
+    return tntp_demand(city, d, platoon_pcu=tr.platoon_pcu, duration_s=scenario.duration, rng=rng)
+
+
+def compute_kpis(table, city: City, scenario: Scenario, seed: int) -> dict:
+    """kpis.json: each KPI with its value, unit and label, plus the series the report plots."""
+    traffic = traffic_kpis(table, city, start_s=scenario.start,
+                           congested_speed_ratio=scenario.kpi.congested_speed_ratio)
+    return {
+        "scenario": scenario.name,
+        "seed": seed,
+        "start_clock": format_clock(scenario.start),
+        "duration_s": scenario.duration,
+        "city": city.summary(),
+        "kpis": {**traffic["kpis"], **hazard_kpis(table, end_t=scenario.duration)},
+        "series": traffic["series"],
+        "peak": traffic["peak"],
+    }

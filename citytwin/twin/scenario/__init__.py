@@ -1,0 +1,6 @@
+"""Scenario schema and loading."""
+
+from .loader import load_scenario
+from .schema import Scenario
+
+__all__ = ["Scenario", "load_scenario"]

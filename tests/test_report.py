@@ -1,0 +1,171 @@
+"""The HTML report: one self-contained file, its figures valid PNGs, its text escaped and UTF-8."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import numpy as np
+import pytest
+
+from citytwin.twin.city.model import City, make_links, make_nodes
+from citytwin.twin.ledger import Ledger
+from citytwin.twin.report.figures import clock_label, parse_clock
+from citytwin.twin.report.html import format_value, hazard_intervals, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IMG_SRC = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+STREET = "Đường Bạch Đằng"
+
+
+def grid_city() -> City:
+    """4×4 grid, 100 m apart: horizontal streets two-way, vertical ones one-way north, node 5 signalised."""
+    ids = [f"n{r}{c}" for r in range(4) for c in range(4)]
+    nodes = make_nodes(ids, [100.0 * (i % 4) for i in range(16)], [100.0 * (i // 4) for i in range(16)],
+                       signalised=[i == 5 for i in range(16)])
+    src, dst = [], []
+    for r in range(4):
+        for c in range(3):
+            a, b = 4 * r + c, 4 * r + c + 1
+            src += [a, b]
+            dst += [b, a]
+    for r in range(3):
+        for c in range(4):
+            src.append(4 * r + c)
+            dst.append(4 * (r + 1) + c)
+    m = len(src)
+    names = [STREET if i == 0 else "" for i in range(m)]
+    classes = ["arterial" if i < 6 else "local" for i in range(m)]
+    links = make_links([f"L{i}" for i in range(m)], src, dst, [100.0] * m, [2 if i < 6 else 1 for i in range(m)],
+                       [12.5] * m, [1800.0] * m, [0.2] * m, classes, names)
+    return City(name="Đà Nẵng (test grid)", source="osm_file", nodes=nodes, links=links)
+
+
+def busy_ledger(city: City):
+    ledger = Ledger()
+    m = len(city.links)
+    for t in (3600.0, 7200.0, 10800.0):
+        speeds = np.full(m, 12.5)
+        if t == 7200.0:
+            speeds[:8] = np.linspace(1.0, 8.0, 8)  # L0, on Bạch Đằng, crawls the most
+        ledger.append_many("link.state", [t] * m, list(city.links.ids), 
+                           on_link=np.ones(m), speed_mps=speeds, density_pcu_km=np.full(m, 20.0),
+                           queue=np.zeros(m))
+    ledger.append("incident.start", 6000.0, "L3", cause="crash", capacity_factor=0.3, duration_s=1800.0)
+    ledger.append("incident.end", 7800.0, "L3", cause="crash")
+    ledger.append("rain.start", 5000.0, "", intensity_mm_h=30.0, duration_s=3600.0)
+    ledger.append("rain.end", 8600.0, "")
+    ledger.append("flood.start", 6500.0, "n10", depth_m=0.3)  # never ends: lasts to the end of the run
+    return ledger.table()
+
+
+def kpis_for(series: bool = True) -> dict:
+    hours = list(range(4))
+    return {
+        "scenario": "test", "seed": 7, "duration_s": 14400, "start_clock": "06:00",
+        "kpis": {
+            "mean_travel_time": {"value": 11.234, "unit": "min", "label": "Mean travel time"},
+            "trips_completed": {"value": 12345, "unit": "trips", "label": "Trips completed"},
+            "incident_mean_duration": {"value": None, "unit": "min", "label": "Mean incident duration"},
+        },
+        "series": {
+            "congestion_index_by_hour": {"unit": "%", "x": hours if series else [],
+                                         "values": [5.0, 40.0, 12.0, 3.0] if series else []},
+            "vehicles_on_network": {"unit": "veh", "x": [3600.0, 7200.0, 10800.0] if series else [],
+                                    "values": [100.0, 400.0, 150.0] if series else []},
+            "congested_km": {"unit": "km", "x": [3600.0, 7200.0, 10800.0] if series else [],
+                             "values": [0.0, 0.8, 0.1] if series else []},
+        },
+        "peak": {"t": 7200.0 if series else None},
+    }
+
+
+def images(html: str) -> list[bytes]:
+    return [base64.b64decode(b64, validate=True) for b64 in IMG_SRC.findall(html)]
+
+
+def test_report_is_one_self_contained_html_file(tmp_path):
+    city = grid_city()
+    out = write_report(tmp_path / "out" / "report.html", city=city, ledger=busy_ledger(city), kpis=kpis_for())
+    assert out.is_file()
+    html = out.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count("<html") == 1 and html.rstrip().endswith("</html>")
+    assert '<meta charset="utf-8">' in html
+    pngs = images(html)
+    assert len(pngs) >= 5  # map, three series, hazard timeline
+    assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', html)
+    assert "<script" not in html.lower()
+
+
+def test_report_shows_kpis_city_and_streets(tmp_path):
+    city = grid_city()
+    html = write_report(tmp_path / "r.html", city=city, ledger=busy_ledger(city), kpis=kpis_for()).read_text(
+        encoding="utf-8")
+    for text in ("Mean travel time", "11.2", "Trips completed", "12,345", "Mean incident duration", "—"):
+        assert text in html
+    assert "© OpenStreetMap contributors" in html
+    assert "Đà Nẵng (test grid)" in html
+    assert "06:00 to 10:00" in html
+    busiest = html.split("Busiest links at the peak", 1)[1]
+    assert STREET in busiest  # UTF-8 text, not mangled or turned into entities
+    assert busiest.index(">L0<") < busiest.index(">L1<")  # most congested first
+    assert "No hazards in this run" not in html
+    assert "1 incident episode" in html and "1 flood episode" in html and "1 rain episode" in html
+
+
+def test_report_escapes_text(tmp_path):
+    city = grid_city()
+    kpis = kpis_for()
+    kpis["kpis"]["odd"] = {"value": 1, "unit": "<b>", "label": "<script>alert(1)</script>"}
+    html = write_report(tmp_path / "r.html", city=city, ledger=busy_ledger(city), kpis=kpis,
+                        title="A & B").read_text(encoding="utf-8")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<title>A &amp; B</title>" in html
+
+
+def test_empty_ledger_still_renders(tmp_path):
+    city = grid_city()
+    html = write_report(tmp_path / "r.html", city=city, ledger=Ledger().table(),
+                        kpis=kpis_for(series=False)).read_text(encoding="utf-8")
+    assert "No hazards in this run" in html
+    assert "every link in grey" in html
+    assert "no busiest links" in html
+    pngs = images(html)
+    assert len(pngs) == 4  # map and the three series, each saying it has no data
+    assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
+
+
+def test_hazards_pair_by_subject_and_order():
+    ledger = Ledger()
+    ledger.append("incident.start", 10.0, "A", cause="crash")
+    ledger.append("incident.start", 20.0, "B", cause="breakdown")
+    ledger.append("incident.end", 30.0, "B")
+    ledger.append("incident.end", 40.0, "A")
+    ledger.append("incident.start", 50.0, "A", cause="crash")
+    ledger.append("incident.end", 60.0, "C")  # nothing open on C: no episode
+    ledger.append("link.closed", 70.0, "A", cause="flood")
+    hazards = hazard_intervals(ledger.table(), duration_s=100.0)
+    spans = [(h.kind, h.subject, h.start, h.end, h.open_ended, h.cause) for h in hazards]
+    assert spans == [
+        ("incident", "A", 10.0, 40.0, False, "crash"),
+        ("incident", "B", 20.0, 30.0, False, "breakdown"),
+        ("incident", "A", 50.0, 100.0, True, "crash"),
+        ("closure", "A", 70.0, 100.0, True, "flood"),
+    ]
+
+
+@pytest.mark.parametrize("value, text", [(None, "—"), (float("nan"), "—"), (12345, "12,345"), (11.234, "11.2"),
+                                         (3.14159, "3.14"), (0.01234, "0.0123"), (2500.4, "2,500"), (7.0, "7")])
+def test_format_value(value, text):
+    assert format_value(value) == text
+
+
+def test_clock_labels():
+    start = parse_clock("06:30")
+    assert clock_label(0, start) == "06:30"
+    assert clock_label(5400, start) == "08:00"
+    assert clock_label(86400, parse_clock("00:00")) == "24:00"
+    assert clock_label(86400 + 60, parse_clock("00:00")) == "+1d 00:01"
+    assert clock_label(86400, start) == "+1d 06:30"
