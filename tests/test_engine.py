@@ -8,7 +8,7 @@ from uxsim import World
 
 from citytwin.twin.city.synthetic import SyntheticParams, generate
 from citytwin.twin.traffic.engine import Restriction, TripBatch
-from citytwin.twin.traffic.uxsim_engine import UXsimEngine, _signal_groups
+from citytwin.twin.traffic.uxsim_engine import UXsimEngine, add_city
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +103,7 @@ def test_adapter_reproduces_bare_uxsim(city):
 
     W = World(deltan=5, tmax=engine._tsize * 5, print_mode=0, random_seed=11, cpp=True,
               vehicle_logging_timestep_interval=0)
-    engine_groups = _signal_groups(city)
-    for i, nid in enumerate(city.nodes.ids):
-        W.addNode(nid, city.nodes.x[i], city.nodes.y[i], signal=[40, 40] if i in engine_groups else [0])
-    for k, lid in enumerate(city.links.ids):
-        W.addLink(lid, city.nodes.ids[city.links.src[k]], city.nodes.ids[city.links.dst[k]],
-                  length=city.links.length_m[k], free_flow_speed=city.links.free_flow_mps[k],
-                  jam_density_per_lane=city.links.jam_density_pcu_m[k], number_of_lanes=int(city.links.lanes[k]),
-                  signal_group=[engine_groups.get(int(city.links.dst[k]), {}).get(k, 0)],
-                  capacity_out=city.links.capacity_pcu_h[k] / 3600)
+    add_city(W, city)
     for o, d, t in zip(trips.origin, trips.dest, trips.depart_t):
         W.addVehicle(city.nodes.ids[o], city.nodes.ids[d], t)
     W.exec_simulation(until_t=3595)

@@ -114,18 +114,17 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed = scenario.seed if seed is None else seed
-    # Independent streams per concern, so drawing more hazards never changes the demand.
-    demand_rng, hazard_rng, engine_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    demand_rng, hazard_rng, engine_seed = seed_streams(seed)
     city = build_city(scenario.city)
     tr = scenario.traffic
     duration = scenario.duration
-    trips = _demand(scenario, city, demand_rng)
+    trips = scenario_demand(scenario, city, demand_rng)
 
     ledger = Ledger(out / "ledger.parquet")
     ledger.append("run.start", 0.0, scenario.name, cause=f"seed={seed}")
     engine = UXsimEngine(city, horizon_s=duration, platoon_pcu=tr.platoon_pcu, reaction_time_s=tr.reaction_time_s,
                          route_update_s=tr.route_update, route_noise=tr.route_noise,
-                         seed=int(engine_rng.integers(2**31)))
+                         seed=engine_seed)
     engine.add_trips(trips)
     recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=tr.platoon_pcu / tr.mean_pcu,
                                pcu_per_trip=float(tr.platoon_pcu))
@@ -154,21 +153,30 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = 
     if interrupted:
         raise KeyboardInterrupt
 
-    kpis = compute_kpis(ledger.table(), city, scenario, seed)
+    table = ledger.table()
+    kpis = compute_kpis(table, city, scenario, seed)
     (out / "kpis.json").write_text(json.dumps(kpis, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if write_report:
         from .report.html import write_report as render
 
-        render(out / "report.html", city=city, ledger=ledger.table(), kpis=kpis, title=scenario.name)
+        render(out / "report.html", city=city, ledger=table, kpis=kpis, title=scenario.name)
     return RunResult(out_dir=out, kpis=kpis, city=city)
 
 
-def _demand(scenario: Scenario, city: City, rng: np.random.Generator) -> TripBatch:
+def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, int]:
+    """The run's random streams: demand, hazards, and the engine's own seed. Independent streams per
+    concern, so drawing more hazards never changes the demand."""
+    demand, hazards, engine = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    return demand, hazards, int(engine.integers(2**31))
+
+
+def scenario_demand(scenario: Scenario, city: City, rng: np.random.Generator) -> TripBatch:
     tr, d = scenario.traffic, scenario.demand
     if isinstance(d, OdDemand):
         return od_demand(city, d, mean_pcu=tr.mean_pcu, platoon_pcu=tr.platoon_pcu, start_s=scenario.start,
                          duration_s=scenario.duration, rng=rng)
-    return tntp_demand(city, d, platoon_pcu=tr.platoon_pcu, duration_s=scenario.duration, rng=rng)
+    return tntp_demand(city, d, mean_pcu=tr.mean_pcu, platoon_pcu=tr.platoon_pcu, duration_s=scenario.duration,
+                       rng=rng)
 
 
 def compute_kpis(table, city: City, scenario: Scenario, seed: int) -> dict:

@@ -53,8 +53,9 @@ def od_demand(city: City, spec: OdDemand, *, mean_pcu: float, platoon_pcu: int, 
     return _batch(origins, dests, departs)
 
 
-def tntp_demand(city: City, spec: TntpDemand, *, platoon_pcu: int, duration_s: float,
+def tntp_demand(city: City, spec: TntpDemand, *, mean_pcu: float, platoon_pcu: int, duration_s: float,
                 rng: np.random.Generator) -> TripBatch:
+    """The file's OD flows (vehicles per hour) departing evenly over `period`, as platoons."""
     from ..city.tntp import read_tntp_trips
 
     zones, matrix = read_tntp_trips(spec.trips)
@@ -66,7 +67,7 @@ def tntp_demand(city: City, spec: TntpDemand, *, platoon_pcu: int, duration_s: f
     o, d = np.nonzero(matrix > 0)
     o, d = o[o != d], d[o != d]
     _check_paths(city, zone_idx[o], zone_idx[d], spec.trips, zones, o, d)
-    expected = matrix[o, d] * spec.scale * spec.period / 3600.0 / platoon_pcu
+    expected = matrix[o, d] * spec.scale * spec.period / 3600.0 * mean_pcu / platoon_pcu
     counts = np.floor(expected).astype(int)
     counts += rng.random(len(expected)) < (expected - counts)  # the fraction rounds up at its odds
     period = min(spec.period, max(duration_s - spec.start, 0.0))

@@ -11,6 +11,9 @@ results read back per chunk, and restrictions that compose (an incident on a flo
 
 from __future__ import annotations
 
+import ctypes
+import gc
+
 import numpy as np
 from uxsim import World
 
@@ -39,7 +42,8 @@ class UXsimEngine:
         # Skip UXsim's Python-side analyzer matrices: they cost memory per link per time bin and the
         # twin reads state directly from the engine instead.
         self.W._skip_analyzer_setup = True
-        self._build_network(city)
+        add_city(self.W, city)
+        self._cpp = self.W._cpp_world
         self._links = [self.W.get_link(str(lid))._cpp_link for lid in city.links.ids]
         self._base_capacity_out = city.links.capacity_pcu_h / 3600.0
         self._base_speed = city.links.free_flow_mps.astype(float).copy()
@@ -56,22 +60,6 @@ class UXsimEngine:
         self._node_names = [str(n) for n in city.nodes.ids]
         self._started = False
 
-    # --- network -------------------------------------------------------------------------------------
-
-    def _build_network(self, city: City) -> None:
-        groups = _signal_groups(city)
-        for i, nid in enumerate(city.nodes.ids):
-            signal = [_SIGNAL_GREEN_S, _SIGNAL_GREEN_S] if i in groups else [0]
-            self.W.addNode(str(nid), float(city.nodes.x[i]), float(city.nodes.y[i]), signal=signal)
-        links = city.links
-        for k, lid in enumerate(links.ids):
-            group = groups.get(int(links.dst[k]), {}).get(k, 0)
-            self.W.addLink(str(lid), str(city.nodes.ids[links.src[k]]), str(city.nodes.ids[links.dst[k]]),
-                           length=float(links.length_m[k]), free_flow_speed=float(links.free_flow_mps[k]),
-                           jam_density_per_lane=float(links.jam_density_pcu_m[k]),
-                           number_of_lanes=int(links.lanes[k]), signal_group=[group],
-                           capacity_out=float(links.capacity_pcu_h[k] / 3600.0))
-
     # --- trips ---------------------------------------------------------------------------------------
 
     @property
@@ -83,8 +71,13 @@ class UXsimEngine:
             return
         depart = np.maximum(np.asarray(trips.depart_t, float), self.time)
         names = self._node_names
+        vehicle = self._cpp.get_vehicle_by_index
         for o, d, t in zip(trips.origin.tolist(), trips.dest.tolist(), depart.tolist()):
             self.W.addVehicle(names[o], names[d], t)
+            # Each C++ vehicle allocates a preference weight per link that the engine never reads
+            # (routing uses the per-destination table): 40 KB a platoon on a 5,000-link city. Freed at
+            # once, the next vehicle reuses the block, so a day of demand costs no more than one.
+            vehicle(self._cpp.vehicle_count - 1).route_preference = []
         self._trip_ids.append(np.asarray(trips.ids, dtype=object))
         self._origin = np.concatenate([self._origin, trips.origin])
         self._dest = np.concatenate([self._dest, trips.dest])
@@ -96,7 +89,6 @@ class UXsimEngine:
         target = min(int(np.floor(t / self.step_s + 1e-9)), self._tsize - 1)
         if not self._started:
             self.W.finalize_scenario()
-            self._cpp = self.W._cpp_world
             self._started = True
         if target > self._cpp.timestep:
             # The C++ loop directly: UXsim's Python wrapper would re-sync every vehicle into Python
@@ -223,8 +215,34 @@ class UXsimEngine:
         self._applied[k] = (capacity_factor, speed_factor)
 
     def close(self) -> None:
-        self._links = []
-        self.W = None
+        """Release the engine's memory now (UXsim's world refers to itself, so only a collection frees it)."""
+        self._links, self._cpp, self.W = [], None, None
+        gc.collect()
+        _return_freed_heap()
+
+
+def _return_freed_heap() -> None:
+    """Give the engine's freed memory back to the OS: Arrow, which reads the ledger next, allocates from
+    its own pool and cannot reuse glibc's free lists. Elsewhere than glibc there is nothing to do."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def add_city(W: World, city: City) -> None:
+    """Nodes, signals and links of `city` into a UXsim world (links carry their capacity as outflow capacity)."""
+    groups = _signal_groups(city)
+    for i, nid in enumerate(city.nodes.ids):
+        signal = [_SIGNAL_GREEN_S, _SIGNAL_GREEN_S] if i in groups else [0]
+        W.addNode(str(nid), float(city.nodes.x[i]), float(city.nodes.y[i]), signal=signal)
+    links = city.links
+    for k, lid in enumerate(links.ids):
+        group = groups.get(int(links.dst[k]), {}).get(k, 0)
+        W.addLink(str(lid), str(city.nodes.ids[links.src[k]]), str(city.nodes.ids[links.dst[k]]),
+                  length=float(links.length_m[k]), free_flow_speed=float(links.free_flow_mps[k]),
+                  jam_density_per_lane=float(links.jam_density_pcu_m[k]), number_of_lanes=int(links.lanes[k]),
+                  signal_group=[group], capacity_out=float(links.capacity_pcu_h[k] / 3600.0))
 
 
 def _signal_groups(city: City) -> dict[int, dict[int, int]]:
