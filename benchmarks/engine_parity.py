@@ -55,7 +55,7 @@ for o, d, dep in zip(trips.origin.tolist(), trips.dest.tolist(), trips.depart_t.
 W.exec_simulation()
 tt = W.analyzer.average_travel_time
 print(json.dumps({{"work_s": time.perf_counter() - t, "mean_travel_time_min": tt / 60.0,
-                  "trips_completed_veh": W.analyzer.trip_completed * sc.traffic.platoon_pcu / sc.traffic.mean_pcu}}))
+                  "trips_completed_veh": W.analyzer.trip_completed / sc.traffic.mean_pcu}}))  # UXsim counts PCU
 """
 
 NO_HAZARDS = {"hazards": {"incidents": {"rate_per_lane_km_day": 0.0}, "rain": {"episodes_per_day": 0.0, "episodes": []}}}

@@ -48,7 +48,7 @@ def busy_ledger(city: City):
         speeds = np.full(m, 12.5)
         if t == 7200.0:
             speeds[:8] = np.linspace(1.0, 8.0, 8)  # L0, on Bạch Đằng, crawls the most
-        ledger.append_many("link.state", [t] * m, list(city.links.ids), 
+        ledger.append_many("link.state", [t] * m, list(city.links.ids),
                            on_link=np.ones(m), speed_mps=speeds, density_pcu_km=np.full(m, 20.0),
                            queue=np.zeros(m))
     ledger.append("incident.start", 6000.0, "L3", cause="crash", capacity_factor=0.3, duration_s=1800.0)

@@ -124,3 +124,13 @@ def test_clock_rejects_impossible_times():
     for bad in ("24:00", "7:60", "noon", 730):
         with pytest.raises(ValueError):
             parse_clock(bad)
+
+
+def test_union_fields_give_one_line_in_the_scenarios_own_words(tmp_path):
+    path = write(tmp_path, "x.yaml", "name: x\ndemand: {kind: od, profile: vn_weekend}\ntraffic: {chunk: 2s}\n")
+    assert problems(path) == [
+        f"{path}: traffic.chunk: expected at least the engine step (5 s); got 2 s",
+        f"{path}: demand.profile: expected one of vn_weekday, flat or 24 non-negative hourly weights with a "
+        "positive sum; got 'vn_weekend'"]
+    ok = write(tmp_path, "y.yaml", "name: y\ndemand: {kind: od, profile: [" + ", ".join(["1"] * 24) + "]}\n")
+    assert load_scenario(ok).demand.hourly_weights() == (1.0,) * 24

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # Every field any event kind may carry, with its Arrow type. A new kind adds its fields here.
@@ -160,8 +161,6 @@ def read_ledger(path: str | Path) -> pa.Table:
 
 def events(table: pa.Table, kind: str, columns: Iterable[str] | None = None):
     """The rows of one kind as a pandas DataFrame with the kind's own fields (plus t and subject)."""
-    import pyarrow.compute as pc
-
     cols = ["t", "subject", *(columns if columns is not None else KINDS[kind])]
     sub = table.filter(pc.equal(table["kind"], kind)).select(cols)
     return sub.to_pandas()

@@ -50,15 +50,19 @@ def _trip_kpis(trips: pd.DataFrame, unfinished: pd.DataFrame) -> dict:
     total = veh.sum()
     tt = trips["travel_time_s"].to_numpy()
     delay = np.maximum(tt - trips["free_flow_s"].to_numpy(), 0.0)
-    mean = (lambda x: float((x * veh).sum() / total) / 60.0) if total > 0 else (lambda x: None)
     return {
         "trips_completed": kpi(float(round(total)), "veh", "Vehicle trips completed"),
         "trips_unfinished": kpi(float(round(unfinished["vehicles"].sum())), "veh",
                                 "Vehicle trips still under way at the end"),
-        "mean_travel_time": kpi(mean(tt), "min", "Mean travel time"),
-        "mean_delay": kpi(mean(delay), "min", "Mean delay over free flow"),
+        "mean_travel_time": kpi(_mean_minutes(tt, veh), "min", "Mean travel time"),
+        "mean_delay": kpi(_mean_minutes(delay, veh), "min", "Mean delay over free flow"),
         "total_delay": kpi(float((delay * veh).sum() / 3600.0), "veh·h", "Total delay"),
     }
+
+
+def _mean_minutes(seconds: np.ndarray, weights: np.ndarray) -> float | None:
+    total = weights.sum()
+    return float((seconds * weights).sum() / total / 60.0) if total > 0 else None
 
 
 def congestion_index_by_hour(trips: pd.DataFrame, start_s: float) -> dict[int, float]:

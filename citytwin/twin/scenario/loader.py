@@ -36,7 +36,8 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     try:
         return Scenario.model_validate(raw)
     except ValidationError as err:
-        raise UserInputError([problem(str(path), *_describe(e, raw)) for e in err.errors()]) from None
+        lines = [problem(str(path), *_describe(e)) for e in err.errors()]
+        raise UserInputError(list(dict.fromkeys(lines))) from None
 
 
 def _load_with_extends(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
@@ -97,7 +98,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(error: dict[str, Any], raw: dict[str, Any]) -> tuple[str, str]:
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
     """(field path, message) for one pydantic error, in the scenario's own words."""
     loc = _strip_tags(list(error["loc"]))
     kind, ctx = error["type"], error.get("ctx", {})
@@ -123,10 +124,12 @@ def _describe(error: dict[str, Any], raw: dict[str, Any]) -> tuple[str, str]:
 
 
 def _strip_tags(loc: list[Any]) -> list[Any]:
+    """The location as the scenario spells it: without the tag of a chosen union member, and without
+    pydantic's names for union members (`literal[...]`, `list[...]`, `function-after[...]`)."""
     out: list[Any] = []
     skip = False
     for item in loc:
-        if skip:
+        if skip or (isinstance(item, str) and "[" in item):
             skip = False
             continue
         out.append(item)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .units import ClockTime, Duration
 
@@ -105,11 +105,13 @@ class TrafficSpec(Model):
             raise ValueError(f"expected shares that sum to 1; they sum to {total:g}")
         return mix
 
-    @model_validator(mode="after")
-    def _chunk_fits_step(self) -> "TrafficSpec":
-        if self.chunk < self.step_s:
-            raise ValueError(f"chunk must be at least the engine step ({self.step_s:g} s); got {self.chunk:g} s")
-        return self
+    @field_validator("chunk")
+    @classmethod
+    def _chunk_fits_step(cls, chunk: float, info: ValidationInfo) -> float:
+        step = info.data.get("platoon_pcu", 5) * info.data.get("reaction_time_s", 1.0)
+        if chunk < step:
+            raise ValueError(f"expected at least the engine step ({step:g} s); got {chunk:g} s")
+        return chunk
 
     @property
     def step_s(self) -> float:
@@ -130,27 +132,30 @@ VN_WEEKDAY_PROFILE = (0.4, 0.2, 0.2, 0.3, 0.8, 2.5, 6.5, 9.5, 6.0, 4.0, 3.8, 5.0
                       5.5, 4.2, 3.8, 4.5, 7.0, 9.0, 7.5, 4.5, 3.2, 2.5, 1.6, 0.8)
 
 
+PROFILES = {"vn_weekday": VN_WEEKDAY_PROFILE, "flat": (1.0,) * 24}
+
+
 class OdDemand(Model):
     kind: Literal["od"]
     trips_per_day: Annotated[int, Field(ge=0, le=50_000_000)] = 100_000
-    profile: Literal["vn_weekday", "flat"] | list[Annotated[float, Field(ge=0.0)]] = "vn_weekday"
+    profile: str | list[float] = "vn_weekday"  # a named profile or 24 hourly weights
     distance_decay_per_km: Annotated[float, Field(ge=0.0, le=10.0)] = 0.35
     # Share of trips in the morning peak that go home -> work/school (the evening mirrors it).
     peak_direction_share: Annotated[float, Field(ge=0.5, le=1.0)] = 0.8
 
-    @field_validator("profile")
+    @field_validator("profile", mode="before")
     @classmethod
     def _profile(cls, value):
-        if isinstance(value, list) and (len(value) != 24 or sum(value) <= 0):
-            raise ValueError("expected 24 non-negative hourly weights with a positive sum")
-        return value
+        if isinstance(value, str) and value in PROFILES:
+            return value
+        if (isinstance(value, list) and len(value) == 24 and all(isinstance(w, (int, float)) and w >= 0 for w in value)
+                and sum(value) > 0):
+            return [float(w) for w in value]
+        raise ValueError(f"expected one of {', '.join(PROFILES)} or 24 non-negative hourly weights with a "
+                         f"positive sum; got {value!r}")
 
     def hourly_weights(self) -> tuple[float, ...]:
-        if self.profile == "vn_weekday":
-            return VN_WEEKDAY_PROFILE
-        if self.profile == "flat":
-            return (1.0,) * 24
-        return tuple(self.profile)
+        return PROFILES[self.profile] if isinstance(self.profile, str) else tuple(self.profile)
 
 
 class TntpDemand(Model):
