@@ -15,6 +15,7 @@ import numpy as np
 import simpy
 
 from .city.model import City
+from .clock import clock_hour_slots
 from .ledger import Ledger
 from .scenario.schema import HazardsSpec
 from .traffic.engine import Restriction, TrafficEngine
@@ -64,8 +65,7 @@ def draw_incidents(city: City, spec: HazardsSpec, *, start_s: float, duration_s:
 
 def draw_rain(spec: HazardsSpec, *, start_s: float, duration_s: float, rng: np.random.Generator) -> list[Rain]:
     rain = spec.rain
-    fixed = [Rain(start=(e.start - start_s) % 86400.0, duration=e.duration, intensity_mm_h=e.intensity_mm_h)
-             for e in rain.episodes]
+    fixed = [_fixed_episode(e.start - start_s, e.duration, e.intensity_mm_h) for e in rain.episodes]
     n = rng.poisson(rain.episodes_per_day * duration_s / 86400.0)
     starts = _draw_times(n, start_s, duration_s, _RAIN_START_BY_HOUR, rng)
     drawn = [Rain(start=float(t), duration=float(rng.exponential(rain.mean_duration)),
@@ -73,14 +73,22 @@ def draw_rain(spec: HazardsSpec, *, start_s: float, duration_s: float, rng: np.r
     return sorted((r for r in fixed + drawn if r.start < duration_s), key=lambda r: r.start)
 
 
+def _fixed_episode(offset_s: float, duration_s: float, intensity_mm_h: float) -> Rain:
+    """A rain episode given by clock time: later the same day, or the next day if its clock time has
+    passed, unless it is still raining when the run starts, in which case the run starts in it."""
+    offset_s %= 86400.0
+    still_raining = offset_s + duration_s - 86400.0
+    if still_raining > 0:
+        return Rain(start=0.0, duration=still_raining, intensity_mm_h=intensity_mm_h)
+    return Rain(start=offset_s, duration=duration_s, intensity_mm_h=intensity_mm_h)
+
+
 def _draw_times(n: int, start_s: float, duration_s: float, hourly: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """n times in [0, duration) with density following clock-hour weights."""
-    slots = int(np.ceil(duration_s / 3600.0))
-    hours = ((start_s // 3600 + np.arange(slots)) % 24).astype(int)
-    w = np.asarray(hourly, float)[hours]
-    w[-1] *= (duration_s - (slots - 1) * 3600.0) / 3600.0
-    slot = rng.choice(slots, size=n, p=w / w.sum())
-    return np.minimum(slot * 3600.0 + rng.random(n) * 3600.0, np.nextafter(duration_s, 0))
+    t0, span, hour = (np.array(c) for c in zip(*clock_hour_slots(start_s, duration_s)))
+    w = np.asarray(hourly, float)[hour.astype(int)] * span
+    slot = rng.choice(len(w), size=n, p=w / w.sum())
+    return t0[slot] + rng.random(n) * span[slot]
 
 
 def _lognormal(mean: float, cv: float, rng: np.random.Generator) -> float:
@@ -99,6 +107,7 @@ class Hazards:
         self._low, self._concentration = _low_nodes(city, spec.rain.low_node_share)
         self._depth = np.zeros(len(self._low))
         self._flooded = np.zeros(len(self._low), bool)
+        self._flooded_ends = np.zeros(len(city.links), np.int64)  # flooded junctions at each link's ends
 
     def start(self) -> None:
         for k, incident in enumerate(self.incidents):
@@ -161,14 +170,18 @@ class Hazards:
             self.ledger.append("flood.start", now, self.city.nodes.ids[node], depth_m=float(self._depth[i]))
             for link in self.city.links_at_node(node):
                 self.engine.restrict(f"flood:{node}:{link}", Restriction(int(link), capacity_factor=0.0))
-                self.ledger.append("link.closed", now, self.city.links.ids[link], cause="flood")
+                self._flooded_ends[link] += 1
+                if self._flooded_ends[link] == 1:  # a link between two flooded junctions closes once
+                    self.ledger.append("link.closed", now, self.city.links.ids[link], cause="flood")
         for i in falling:
             node = int(self._low[i])
             self._flooded[i] = False
             self.ledger.append("flood.end", now, self.city.nodes.ids[node], depth_m=float(self._depth[i]))
             for link in self.city.links_at_node(node):
                 self.engine.lift(f"flood:{node}:{link}")
-                self.ledger.append("link.reopened", now, self.city.links.ids[link], cause="flood")
+                self._flooded_ends[link] -= 1
+                if self._flooded_ends[link] == 0:  # and reopens when neither end is under water
+                    self.ledger.append("link.reopened", now, self.city.links.ids[link], cause="flood")
 
 
 def _low_nodes(city: City, share: float) -> tuple[np.ndarray, np.ndarray]:

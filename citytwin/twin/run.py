@@ -111,14 +111,14 @@ class TrafficRecorder:
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
                  progress=None, write_report: bool = True) -> RunResult:
     """Run `scenario` and write ledger.parquet, kpis.json and report.html into `out_dir`."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     seed = scenario.seed if seed is None else seed
     demand_rng, hazard_rng, engine_seed = seed_streams(seed)
     city = build_city(scenario.city)
     tr = scenario.traffic
     duration = scenario.duration
     trips = scenario_demand(scenario, city, demand_rng)
+    out = Path(out_dir)  # created only once the inputs have loaded: bad input leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
 
     ledger = Ledger(out / "ledger.parquet")
     ledger.append("run.start", 0.0, scenario.name, cause=f"seed={seed}")

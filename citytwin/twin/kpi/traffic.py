@@ -51,8 +51,8 @@ def _trip_kpis(trips: pd.DataFrame, unfinished: pd.DataFrame) -> dict:
     tt = trips["travel_time_s"].to_numpy()
     delay = np.maximum(tt - trips["free_flow_s"].to_numpy(), 0.0)
     return {
-        "trips_completed": kpi(float(round(total)), "veh", "Vehicle trips completed"),
-        "trips_unfinished": kpi(float(round(unfinished["vehicles"].sum())), "veh",
+        "trips_completed": kpi(int(round(total)), "veh", "Vehicle trips completed"),
+        "trips_unfinished": kpi(int(round(unfinished["vehicles"].sum())), "veh",
                                 "Vehicle trips still under way at the end"),
         "mean_travel_time": kpi(_mean_minutes(tt, veh), "min", "Mean travel time"),
         "mean_delay": kpi(_mean_minutes(delay, veh), "min", "Mean delay over free flow"),

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..city.model import City
 from ..city.paths import od_free_flow, zone_nodes
+from ..clock import clock_hour_slots
 from ..errors import UserInputError, problem
 from ..scenario.schema import OdDemand, TntpDemand
 from .engine import TripBatch
@@ -35,10 +36,7 @@ def od_demand(city: City, spec: OdDemand, *, mean_pcu: float, platoon_pcu: int, 
     weights = np.asarray(spec.hourly_weights())
     per_day = spec.trips_per_day * mean_pcu / platoon_pcu
     origins, dests, departs = [], [], []
-    for slot in range(int(np.ceil(duration_s / 3600.0))):
-        t0 = slot * 3600.0
-        span = min(3600.0, duration_s - t0)
-        hour = int((start_s + t0) // 3600) % 24
+    for t0, span, hour in clock_hour_slots(start_s, duration_s):
         n = rng.poisson(per_day * weights[hour] / weights.sum() * span / 3600.0)
         if n == 0:
             continue
@@ -67,10 +65,10 @@ def tntp_demand(city: City, spec: TntpDemand, *, mean_pcu: float, platoon_pcu: i
     o, d = np.nonzero(matrix > 0)
     o, d = o[o != d], d[o != d]
     _check_paths(city, zone_idx[o], zone_idx[d], spec.trips, zones, o, d)
-    expected = matrix[o, d] * spec.scale * spec.period / 3600.0 * mean_pcu / platoon_pcu
+    period = min(spec.period, max(duration_s - spec.start, 0.0))  # what of the window falls in the run
+    expected = matrix[o, d] * spec.scale * period / 3600.0 * mean_pcu / platoon_pcu
     counts = np.floor(expected).astype(int)
     counts += rng.random(len(expected)) < (expected - counts)  # the fraction rounds up at its odds
-    period = min(spec.period, max(duration_s - spec.start, 0.0))
     origins = [np.repeat(zone_idx[o], counts)]
     dests = [np.repeat(zone_idx[d], counts)]
     # Evenly spaced departures per OD pair, each pair with its own phase so platoons do not bunch.
