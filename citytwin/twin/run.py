@@ -99,13 +99,12 @@ class TrafficRecorder:
         times = np.asarray(self._snapshot_times)
         if not len(times):
             return
-        entries, exits = self.engine.counts_at(times)
-        start = np.concatenate([[0.0], times[:-1]])
-        previous = lambda c: np.vstack([np.zeros((1, c.shape[1])), c[:-1]])  # noqa: E731
+        entries, exits = self.engine.counts_at(times)  # cumulative: the interval's flow is the difference
         n = len(self.city.links)
         self.ledger.append_many("link.flow", np.repeat(times, n), np.tile(self.city.links.ids, len(times)),
-                                entries=(entries - previous(entries)).ravel(), exits=(exits - previous(exits)).ravel(),
-                                duration_s=np.repeat(times - start, n))
+                                entries=np.diff(entries, axis=0, prepend=0.0).ravel(),
+                                exits=np.diff(exits, axis=0, prepend=0.0).ravel(),
+                                duration_s=np.repeat(np.diff(times, prepend=0.0), n))
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
