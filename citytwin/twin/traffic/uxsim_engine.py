@@ -51,7 +51,7 @@ class UXsimEngine:
         self._applied = np.ones((len(self._links), 2))  # capacity and speed factors in force
         self._restrictions: dict[str, Restriction] = {}
         self._speed_factor = 1.0
-        self._trip_ids: list[np.ndarray] = []
+        self._ids = np.empty(0, object)
         self._origin = np.empty(0, np.int64)
         self._dest = np.empty(0, np.int64)
         self._depart = np.empty(0, float)
@@ -78,7 +78,7 @@ class UXsimEngine:
             # (routing uses the per-destination table): 40 KB a platoon on a 5,000-link city. Freed at
             # once, the next vehicle reuses the block, so a day of demand costs no more than one.
             vehicle(self._cpp.vehicle_count - 1).route_preference = []
-        self._trip_ids.append(np.asarray(trips.ids, dtype=object))
+        self._ids = np.concatenate([self._ids, np.asarray(trips.ids, dtype=object)])
         self._origin = np.concatenate([self._origin, trips.origin])
         self._dest = np.concatenate([self._dest, trips.dest])
         self._depart = np.concatenate([self._depart, depart])
@@ -116,8 +116,7 @@ class UXsimEngine:
         return self._results(np.flatnonzero(~self._done))
 
     def _results(self, idx: np.ndarray) -> TripResults:
-        ids = np.concatenate(self._trip_ids) if self._trip_ids else np.empty(0, object)
-        return TripResults(ids=ids[idx], origin=self._origin[idx], dest=self._dest[idx],
+        return TripResults(ids=self._ids[idx], origin=self._origin[idx], dest=self._dest[idx],
                            depart_t=self._depart[idx], arrive_t=self._arrive[idx])
 
     # --- state ---------------------------------------------------------------------------------------
