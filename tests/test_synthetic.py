@@ -52,3 +52,19 @@ def test_size_follows_parameters():
     big = generate(SyntheticParams(width_m=5000, height_m=4000, alleys_per_block=2))
     assert len(small.links) < 200 < 5000 <= len(big.links)
     assert "alley" not in set(small.links.road_class)
+
+
+def test_synthetic_city_is_georeferenced_around_its_anchor():
+    from citytwin.twin.city.geojson import city_geojson
+
+    params = SyntheticParams(width_m=2000, height_m=1000, anchor_lon=108.2, anchor_lat=16.05)
+    city = generate(params)
+    lon, lat = city.nodes.lon, city.nodes.lat
+    assert abs((lon.min() + lon.max()) / 2 - 108.2) < 1e-9 and abs((lat.min() + lat.max()) / 2 - 16.05) < 1e-9
+    # one metre north is 1 / 111,195 degrees of latitude
+    y = city.nodes.y
+    assert np.allclose(lat - lat.min(), (y - y.min()) / 111_195.08, atol=1e-8)
+    features = city_geojson(city)["features"]
+    pairs = {tuple(sorted((int(s), int(d)))) for s, d in zip(city.links.src, city.links.dst)}
+    assert len(features) == len(pairs)
+    assert all(f["geometry"]["type"] == "LineString" and len(f["geometry"]["coordinates"]) == 2 for f in features)

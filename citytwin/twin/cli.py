@@ -12,11 +12,13 @@ EPILOG = """\
 verbs:
   validate   check scenario files against the schema (exit 0, or 2 with one line per problem)
   run        simulate a scenario and write ledger.parquet, kpis.json and report.html
+  ioc        run the reference IOC server (Open311, NGSI-LD, MQTT, dashboard), manage its keys
 
 examples:
   citytwin validate scenarios/*.yaml
   citytwin run scenarios/quickstart.yaml --out results/quickstart
   citytwin run scenarios/danang_haichau.yaml --out results/danang --seed 7
+  citytwin ioc serve --db sqlite:///ioc.sqlite3 --port 8311
 """
 
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip report.html (ledger and KPIs only)")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     run.set_defaults(handler=_run)
+
+    from citytwin.ioc.cli import add_ioc_parser  # argparse only: the server loads when `ioc` runs
+
+    add_ioc_parser(verbs)
     return parser
 
 

@@ -34,6 +34,10 @@ class SyntheticParams:
     depressions: int = 4
     layout_seed: int = 0
     name: str = "Quận mẫu (synthetic)"
+    # Where the district's centre sits on the globe, so devices and reports get WGS84 positions:
+    # by default the centre of Hải Châu, Đà Nẵng.
+    anchor_lon: float = 108.2165
+    anchor_lat: float = 16.0650
 
 
 class _Builder:
@@ -169,7 +173,8 @@ def _assemble(b: _Builder, x: np.ndarray, y: np.ndarray, elevation: np.ndarray, 
     major_in = np.bincount(dst_a[major], minlength=n)
     through_in = np.bincount(dst_a[through], minlength=n)
     signalised = (major_in >= 3) | ((major_in >= 2) & (through_in >= 4))
-    nodes = make_nodes(b.ids, x, y, signalised=signalised, elevation_m=elevation)
+    lon, lat = _georeference(x, y, p)
+    nodes = make_nodes(b.ids, x, y, lon=lon, lat=lat, signalised=signalised, elevation_m=elevation)
     return City(
         name=p.name, source="synthetic", nodes=nodes, links=links,
         zone_weights=_zone_weights(links, n, x, y, p),
@@ -184,3 +189,15 @@ def _zone_weights(links, n: int, x: np.ndarray, y: np.ndarray, p: SyntheticParam
     frontage = np.bincount(links.src[commercial], weights=links.length_m[commercial], minlength=n)
     centrality = np.exp(-np.hypot(x - p.width_m / 2, y - p.height_m / 2) / max(p.width_m, p.height_m))
     return {"population": homes + 1.0, "jobs": frontage * (0.5 + centrality) + 1.0}
+
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def _georeference(x: np.ndarray, y: np.ndarray, p: SyntheticParams) -> tuple[np.ndarray, np.ndarray]:
+    """Local tangent plane around the anchor: metres off the district centre to degrees (error < 1 m
+    over a few km, far below what a map or a report position needs)."""
+    dx, dy = x - (x.min() + x.max()) / 2, y - (y.min() + y.max()) / 2
+    lat = p.anchor_lat + np.degrees(dy / EARTH_RADIUS_M)
+    lon = p.anchor_lon + np.degrees(dx / (EARTH_RADIUS_M * np.cos(np.radians(p.anchor_lat))))
+    return lon, lat

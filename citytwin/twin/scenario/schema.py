@@ -33,6 +33,8 @@ class SyntheticNetwork(Model):
     bridges: Annotated[int, Field(ge=1, le=50)] = 3
     depressions: Annotated[int, Field(ge=0, le=200)] = 4
     layout_seed: int = 0
+    anchor_lon: Annotated[float, Field(ge=-180.0, le=180.0)] = 108.2165  # the district centre (Hải Châu)
+    anchor_lat: Annotated[float, Field(ge=-85.0, le=85.0)] = 16.0650
 
 
 class OsmFileNetwork(Model):
