@@ -5,10 +5,10 @@
 - `ngsild_upsert_batch`: NGSI-LD `POST /entityOperations/upsert`, 50 new TrafficFlowObserved per call;
 - `ngsild_get`: NGSI-LD `GET /entities/{id}` of entities created before (Orion's "query" figure).
 
-The server runs as `citytwin ioc serve` (one uvicorn process, pinned to core 0 when there are two); the
-load comes from client processes pinned to the other core, each an asyncio loop keeping CONCURRENCY
-requests in flight (closed loop: at saturation that is what throughput means). The server's own CPU use
-is recorded, so a run where the client, not the server, was the limit shows it.
+The server runs as `citytwin ioc serve` (one uvicorn process, pinned to core 0 when there are two); wrk
+(one thread, CONCURRENCY connections, closed loop: at saturation that is what throughput means) runs
+pinned to the other core. The server's own CPU use is recorded, so a run where the client, not the
+server, was the limit shows it. Needs wrk (`apt-get install wrk`).
 
     .venv/bin/python benchmarks/ioc_throughput.py [--seconds 8] [--backends sqlite postgresql]
 """
@@ -16,26 +16,86 @@ is recorded, so a run where the client, not the server, was the limit shows it.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
-import multiprocessing as mp
+import json
 import os
+import shutil
+import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from _common import write
 from citytwin.ioc.server.process import ServerProcess, provision_key
 
 PG_URL = os.environ.get("CITYTWIN_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CONCURRENCY = 32
+SEEDED = 10_000
 BATCH = 50
 ORION = {"create_per_s": 700, "query_per_s": 2200,
          "source": "telefonicaid/fiware-orion indexes_analysis.md, 2 vCPU + MongoDB, 100k-1M entities"}
+
+
+# wrk (C, closed loop) drives the load: a Python client on the other core could not saturate the server.
+# Each workload is a Lua script building its own request bodies; done() prints the figures as JSON.
+LUA_COMMON = """
+local n = 0
+local tag = "x"
+init = function(args) tag = args[1] end  -- a fresh tag per run, so new entities are new
+local function flow(id, i)
+  return string.format('{"id":"%s","type":"TrafficFlowObserved","intensity":{"type":"Property","value":%d,'
+    .. '"observedAt":"2026-11-22T01:00:00Z"},"averageVehicleSpeed":{"type":"Property","value":23.5},'
+    .. '"location":{"type":"GeoProperty","value":{"type":"Point","coordinates":[%.5f,16.06]}}}',
+    id, 120 + i % 50, 108.2 + (i % 100) * 1e-4)
+end
+local function with_type(content_type)  -- wrk.format drops -H headers when given its own table
+  local h = {}
+  for k, v in pairs(wrk.headers) do h[k] = v end
+  h["Content-Type"] = content_type
+  return h
+end
+done = function(summary, latency, requests)
+  local codes = summary.errors.status
+  io.write(string.format('{"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,'
+    .. '"p50_us":%d,"p99_us":%d}\\n', summary.requests, summary.duration, codes,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+LUA = {
+    "open311_post": """
+local services = {"road-damage", "waste", "streetlight", "flooding", "sidewalk-encroachment"}
+request = function()
+  n = n + 1
+  -- spread over ~3 x 2 km of Hai Chau: a district's day of reports, not one pile-up
+  local body = string.format("service_code=%s&lat=%.6f&long=%.6f&description=bench+%s+%d",
+    services[n % 5 + 1], 16.056 + (n * 7919 % 1000) * 1.8e-5, 108.202 + (n * 104729 % 1000) * 2.8e-5, tag, n)
+  return wrk.format("POST", "/requests.json", with_type("application/x-www-form-urlencoded"), body)
+end""",
+    "ngsild_create": """
+request = function()
+  n = n + 1
+  local body = flow(string.format("urn:ngsi-ld:TrafficFlowObserved:%s-%d", tag, n), n)
+  return wrk.format("POST", "/ngsi-ld/v1/entities", with_type("application/json"), body)
+end""",
+    "ngsild_upsert_batch": """
+request = function()
+  n = n + 1
+  local items = {}
+  for i = 1, %(batch)d do
+    items[i] = flow(string.format("urn:ngsi-ld:TrafficFlowObserved:%%s-%%d-%%d", tag, n, i), n + i)
+  end
+  return wrk.format("POST", "/ngsi-ld/v1/entityOperations/upsert", with_type("application/json"),
+    "[" .. table.concat(items, ",") .. "]")
+end""",
+    "ngsild_get": """
+request = function()
+  return wrk.format("GET", string.format("/ngsi-ld/v1/entities/urn:ngsi-ld:TrafficFlowObserved:seed-%%d",
+    math.random(0, %(seeded)d - 1)))
+end""",
+}
 
 
 def _flow(entity_id: str, n: int) -> dict:
@@ -46,83 +106,46 @@ def _flow(entity_id: str, n: int) -> dict:
                                                           "coordinates": [108.2 + (n % 100) * 1e-4, 16.06]}}}
 
 
-def _request(workload: str, tag: str, n: int, ids: list[str]):
-    if workload == "open311_post":
-        return "POST", "/requests.json", {"data": {
-            "service_code": "waste", "lat": "16.061", "long": "108.221", "description": f"bench {tag} {n}"}}
-    if workload == "ngsild_create":
-        return "POST", "/ngsi-ld/v1/entities", {"json": _flow(f"urn:ngsi-ld:TrafficFlowObserved:{tag}-{n}", n)}
-    if workload == "ngsild_upsert_batch":
-        return "POST", "/ngsi-ld/v1/entityOperations/upsert", {"json": [
-            _flow(f"urn:ngsi-ld:TrafficFlowObserved:{tag}-{n}-{i}", n + i) for i in range(BATCH)]}
-    return "GET", f"/ngsi-ld/v1/entities/{ids[n % len(ids)]}", {}
-
-
-async def _drive(url: str, key: str, workload: str, seconds: float, ids: list[str]) -> dict:
-    tag = uuid.uuid4().hex[:8]
-    counter = itertools.count()
-    latencies: list[float] = []
-    errors: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": key}, limits=limits, timeout=30.0) as client:
-        warm_end = time.perf_counter() + 1.0
-        end = warm_end + seconds
-
-        async def worker() -> None:
-            while (now := time.perf_counter()) < end:
-                method, path, body = _request(workload, tag, next(counter), ids)
-                response = await client.request(method, path, **body)
-                done = time.perf_counter()
-                if response.status_code >= 300:
-                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
-                elif now >= warm_end:
-                    latencies.append(done - now)
-
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return {"latencies": latencies, "errors": errors}
-
-
-def _client(args: tuple) -> dict:
-    url, key, workload, seconds, ids, core = args
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-    return asyncio.run(_drive(url, key, workload, seconds, ids))
-
-
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _seed_entities(url: str, key: str, count: int) -> list[str]:
+def _seed_entities(url: str, key: str, count: int) -> None:
     ids = [f"urn:ngsi-ld:TrafficFlowObserved:seed-{i}" for i in range(count)]
     with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60.0) as client:
         for start in range(0, count, 500):
             batch = [_flow(i, n) for n, i in enumerate(ids[start:start + 500], start)]
             client.post("/ngsi-ld/v1/entityOperations/upsert", json=batch).raise_for_status()
-    return ids
 
 
-def run_workload(server: ServerProcess, key: str, workload: str, seconds: float, ids: list[str],
-                 clients: int, client_core: int | None) -> dict:
+def run_workload(server: ServerProcess, key: str, workload: str, seconds: float, client_core: int | None,
+                 tmp: Path) -> dict:
+    script = tmp / f"{workload}.lua"
+    body = LUA[workload] % {"batch": BATCH, "seeded": SEEDED} if "%(" in LUA[workload] else LUA[workload]
+    script.write_text(LUA_COMMON + body)
+    pin = ["taskset", "-c", str(client_core)] if client_core is not None else []
+
+    def wrk(duration_s: float) -> str:
+        command = [*pin, "wrk", "-t1", f"-c{CONCURRENCY}", f"-d{duration_s:g}s", "--timeout", "30s",
+                   "-H", f"X-API-Key: {key}", "-s", str(script), server.url, "--", uuid.uuid4().hex[:10]]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+    wrk(1)  # warm-up
     cpu_before, wall_before = _cpu_seconds(server.process.pid), time.perf_counter()
-    with mp.get_context("spawn").Pool(clients) as pool:
-        parts = pool.map(_client, [(server.url, key, workload, seconds, ids, client_core)] * clients)
+    out = wrk(seconds)
     server_cpu = (_cpu_seconds(server.process.pid) - cpu_before) / (time.perf_counter() - wall_before)
-    latencies = np.array([x for p in parts for x in p["latencies"]]) * 1000
-    errors: dict[str, int] = {}
-    for p in parts:
-        for code, n in p["errors"].items():
-            errors[str(code)] = errors.get(str(code), 0) + n
+    raw = json.loads(out.strip().splitlines()[-1])
+    ok = raw["requests"] - raw["non_2xx"]
+    rate = ok / (raw["duration_us"] / 1e6)
     per_call = BATCH if workload == "ngsild_upsert_batch" else 1
-    rate = len(latencies) / seconds
     figures = {"requests_per_s": round(rate, 1), "entities_per_s": round(rate * per_call, 1),
-               "p50_ms": round(float(np.percentile(latencies, 50)), 2),
-               "p99_ms": round(float(np.percentile(latencies, 99)), 2),
-               "requests": int(len(latencies)), "errors": errors, "server_cpu_cores": round(server_cpu, 2)}
+               "p50_ms": round(raw["p50_us"] / 1000, 2), "p99_ms": round(raw["p99_us"] / 1000, 2),
+               "requests": raw["requests"], "non_2xx": raw["non_2xx"], "socket_errors": raw["socket_errors"],
+               "server_cpu_cores": round(server_cpu, 2)}
     print(f"  {workload:22s} {figures['requests_per_s']:8.1f} req/s  {figures['entities_per_s']:8.1f} "
           f"entities/s  p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:7.2f} ms  "
-          f"server CPU {server_cpu:.2f} cores  errors {errors}")
+          f"server CPU {server_cpu:.2f} cores  non-2xx {raw['non_2xx']}")
     return figures
 
 
@@ -146,7 +169,7 @@ def _drop(db_url: str) -> None:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def bench_backend(backend: str, seconds: float, clients: int) -> dict:
+def bench_backend(backend: str, seconds: float) -> dict:
     two_cores = (os.cpu_count() or 1) >= 2
     with tempfile.TemporaryDirectory() as tmp:
         db_url = _database(backend, Path(tmp))
@@ -157,9 +180,9 @@ def bench_backend(backend: str, seconds: float, clients: int) -> dict:
                 if two_cores:
                     os.sched_setaffinity(server.process.pid, {0})
                 print(f"{backend}:")
-                ids = _seed_entities(server.url, key, 10_000)
-                return {w: run_workload(server, key, w, seconds, ids, clients, 1 if two_cores else None)
-                        for w in ("open311_post", "ngsild_create", "ngsild_upsert_batch", "ngsild_get")}
+                _seed_entities(server.url, key, SEEDED)
+                return {w: run_workload(server, key, w, seconds, 1 if two_cores else None, Path(tmp))
+                        for w in LUA}
             finally:
                 server.stop()
         finally:
@@ -169,14 +192,15 @@ def bench_backend(backend: str, seconds: float, clients: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per workload")
-    parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"],
                         choices=["sqlite", "postgresql"])
     args = parser.parse_args()
-    results = {backend: bench_backend(backend, args.seconds, args.clients) for backend in args.backends}
-    write("ioc_throughput", {"seconds": args.seconds, "concurrency_per_client": CONCURRENCY,
-                             "clients": args.clients, "batch": BATCH, "orion_reference": ORION,
-                             "results": results})
+    if not shutil.which("wrk"):
+        raise SystemExit("this benchmark drives the load with wrk: apt-get install wrk")
+    results = {backend: bench_backend(backend, args.seconds) for backend in args.backends}
+    write("ioc_throughput", {"seconds": args.seconds, "connections": CONCURRENCY, "batch": BATCH,
+                             "seeded_entities": SEEDED, "load": "wrk -t1 (closed loop), pinned to core 1",
+                             "orion_reference": ORION, "results": results})
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ class Tx(Protocol):
 
     def open_requests_near(self, service_code: str, lon: float, lat: float, radius_m: float,
                            since: datetime) -> list[ServiceRequest]:
-        """Requests of that service, not closed, requested at or after `since`, within the radius."""
+        """Requests of that service, not closed, requested at or after `since`, within the radius. A store
+        may leave out requests that are themselves duplicates (only originals are linked to)."""
 
     def add_request_event(self, event: RequestEvent) -> None: ...
 

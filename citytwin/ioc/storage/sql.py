@@ -151,6 +151,7 @@ class SqlTx:
         stmt = (select(requests)
                 .where(requests.c.service_code == service_code,
                        requests.c.status != str(Status.CLOSED),
+                       requests.c.duplicate_of.is_(None),  # only originals can be linked to
                        requests.c.requested_at >= since,
                        *_bbox(requests, Near(lon, lat, radius_m)))
                 .order_by(requests.c.id))
