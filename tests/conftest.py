@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,39 @@ def pg_schema_url():
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def wait_for(predicate, timeout_s: float = 10.0):
+    """Poll until `predicate()` gives something truthy (and return it); a bounded wait for async effects."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+# -- the IOC app in-process, on a clock the test sets -----------------------------------------------------
+IOC_T0 = datetime(2025, 6, 1, 1, 0, tzinfo=UTC)  # 08:00 in Đà Nẵng
+
+
+@pytest.fixture
+def ioc_app(tmp_path):
+    """The IOC app on a fresh SQLite file, its clock pinned to `app.state.clock` (starts at IOC_T0)."""
+    from citytwin.ioc.server import Settings, create_app, deps
+
+    app = create_app(Settings(db_url=f"sqlite:///{tmp_path}/ioc.db", mqtt_url=None, notify=False))
+    app.dependency_overrides[deps.now] = lambda: app.state.clock
+    app.state.clock = IOC_T0
+    return app
+
+
+@pytest.fixture
+def ioc_client(ioc_app):
+    from fastapi.testclient import TestClient
+
+    with TestClient(ioc_app) as client:
+        yield client

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -20,7 +19,7 @@ from citytwin.ioc.core import ldcontext
 from citytwin.ioc.core.model import Role
 from citytwin.ioc.server import Settings, create_app
 from citytwin.ioc.server.mqtt_ingest import Rejected, measures_of, parse_address, split_topic, to_document
-from conftest import mqtt_address
+from conftest import mqtt_address, wait_for
 
 WATER_LEVEL = ldcontext.DISPLAY.expand("waterLevel")
 LOCATION = ldcontext.NGSI_LD + "location"
@@ -98,16 +97,6 @@ def publisher():
 def publish(client: mqtt.Client, topic: str, payload) -> None:
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     client.publish(topic, data, qos=1).wait_for_publish(5)
-
-
-def wait_for(predicate, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def entity_or_none(ioc, entity_id):

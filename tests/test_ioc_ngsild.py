@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-import time
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import wait_for
 from citytwin.ioc.core import ldcontext
 from citytwin.ioc.core.model import Role
 from citytwin.ioc.server import Settings, create_app
@@ -341,16 +341,6 @@ def receiver():
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-def wait_for(predicate, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_subscription_sends_a_real_notification(api, receiver):

@@ -7,36 +7,31 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from urllib.parse import quote
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
 from citytwin.ioc.core.model import Role
-from citytwin.ioc.server import Settings, create_app, deps, open311_xml
+from citytwin.ioc.server import open311_xml
 
-from conftest import REPO
+from conftest import IOC_T0, REPO
 
-T0 = datetime(2025, 6, 1, 1, 0, tzinfo=UTC)  # 08:00 in Đà Nẵng
+T0 = IOC_T0
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app(Settings(db_url=f"sqlite:///{tmp_path}/ioc.db", mqtt_url=None, notify=False))
-    app.dependency_overrides[deps.now] = lambda: app.state.clock
-    app.state.clock = T0
-    return app
+def app(ioc_app):
+    return ioc_app
 
 
 @pytest.fixture
-def client(app):
-    with TestClient(app) as client:
-        yield client
+def client(ioc_client):
+    return ioc_client
 
 
 def make_key(app, role: Role, **options) -> str:

@@ -5,33 +5,28 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
-from fastapi.testclient import TestClient
 
 from citytwin.ioc.core import ldcontext
 from citytwin.ioc.core.model import Role
-from citytwin.ioc.server import Settings, create_app, deps
+from citytwin.ioc.server import deps
 
-from conftest import REPO
+from conftest import IOC_T0, REPO
 
-T0 = datetime(2025, 6, 1, 1, 0, tzinfo=UTC)
+T0 = IOC_T0
 X = ldcontext.DISPLAY.expand
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app(Settings(db_url=f"sqlite:///{tmp_path}/ioc.db", mqtt_url=None, notify=False))
-    app.dependency_overrides[deps.now] = lambda: app.state.clock
-    app.state.clock = T0
-    return app
+def app(ioc_app):
+    return ioc_app
 
 
 @pytest.fixture
-def client(app):
-    with TestClient(app) as client:
-        yield client
+def client(ioc_client):
+    return ioc_client
 
 
 @pytest.fixture
