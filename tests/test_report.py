@@ -6,12 +6,14 @@ import base64
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from citytwin.twin.city.model import City, make_links, make_nodes
-from citytwin.twin.ledger import Ledger
+from citytwin.twin.kpi.field_reporting import field_reporting_kpis
+from citytwin.twin.ledger import KINDS, Ledger
 from citytwin.twin.report.figures import clock_label, parse_clock
-from citytwin.twin.report.html import format_value, hazard_intervals, write_report
+from citytwin.twin.report.html import format_value, hazard_intervals, problem_positions, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMG_SRC = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -169,3 +171,99 @@ def test_clock_labels():
     assert clock_label(86400, parse_clock("00:00")) == "24:00"
     assert clock_label(86400 + 60, parse_clock("00:00")) == "+1d 00:01"
     assert clock_label(86400, start) == "+1d 06:30"
+
+
+# -- field reporting -------------------------------------------------------------------------------------
+
+def field_ledger(city: City):
+    """Busy traffic plus three problems: pb1 on link L0 reported twice and fixed, pb2 at junction n11
+    reported and still open, pb3 (placed by lon/lat only) never reported."""
+    ledger = Ledger()
+    for row in busy_ledger(city).to_pylist():  # the traffic rows first, as a run writes them
+        kind = row.pop("kind")
+        fields = {k: v for k, v in row.items() if k in KINDS[kind] and v is not None}
+        ledger.append(kind, row["t"], row["subject"], **fields)
+    ledger.append("problem.start", 600.0, "pb1", cause="pothole", category="road-damage", severity=3, link="L0",
+                  node="n00", lon=108.2, lat=16.05)
+    ledger.append("problem.start", 900.0, "pb2", cause="streetlight", category="streetlight", severity=1,
+                  link="", node="n11", lon=108.201, lat=16.051)
+    ledger.append("problem.start", 1200.0, "pb3", cause="garbage", category="waste", severity=2, link=None,
+                  node=None, lon=108.2029, lat=16.0529)
+    for t, key, rid, channel, pb, cat, dup in ((1800.0, "r1", 1, "app", "pb1", "road-damage", None),
+                                               (2400.0, "r2", 2, "hotline", "pb1", "road-damage", 1),
+                                               (3000.0, "r3", 3, "web", "pb2", "streetlight", None)):
+        ledger.append("report.submitted", t, key, channel=channel, category=cat, problem=pb, resident=rid,
+                      request_id=rid, duplicate_of=dup, deadline_t=t + 7200.0, lon=108.2, lat=16.05)
+        ledger.append("request.status", t, str(rid), status="received", actor="citizen", published=dup is not None,
+                      duplicate_of=dup)
+    ledger.append("request.status", 2500.0, "2", status="closed", actor="op", published=True, duplicate_of=1)
+    ledger.append("request.status", 2700.0, "1", status="acknowledged", actor="op", published=True)
+    ledger.append("problem.fixed", 5000.0, "pb1", crew="road-damage-1", request_id=1)
+    ledger.append("request.status", 5400.0, "1", status="closed", actor="road-damage-1", published=True)
+    ledger.append("report.feedback", 9000.0, "r1", satisfaction=4.2, published=True, request_id=1,
+                  duration_s=7200.0)
+    ledger.append("call.answered", 2300.0, "r2", wait_s=12.0, actor="op-1")
+    return ledger.table()
+
+
+def field_kpis(city: City) -> dict:
+    kpis = kpis_for()
+    kpis["field_reporting"] = field_reporting_kpis(field_ledger(city), start_s=parse_clock("06:00"),
+                                                   duration_s=kpis["duration_s"])
+    return kpis
+
+
+def test_report_field_reporting_section(tmp_path):
+    city = grid_city()
+    html = write_report(tmp_path / "r.html", city=city, ledger=field_ledger(city), kpis=field_kpis(city)).read_text(
+        encoding="utf-8")
+    assert '<section id="field-reporting">' in html and "phản ánh hiện trường" in html
+    section = html.split('<section id="field-reporting">', 1)[1].split("</section>", 1)[0]
+    # the national indicator leads the table, with its target and whether the run met it
+    first_row = section.split("<tr", 2)[2]
+    assert "L1.N1.PN2.01" in first_row and ">100 %<" in first_row and ">met<" in first_row
+    for text in ("Field reports by channel", "Backlog over time", "Time to close by category",
+                 "Share closed within deadline by category", "Reporter satisfaction",
+                 "Map of urban problems", "By category", "By channel", "road-damage", "hotline"):
+        assert text in section
+    assert "1 problem could not be placed" in section  # pb3 has only lon/lat, and the grid no geography
+    pngs = images(html)
+    assert len(pngs) >= 11  # map, three series, hazards, and six field-reporting figures
+    assert all(png.startswith(PNG_SIGNATURE) for png in pngs)
+    assert "<script" not in html.lower()
+    assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', html)
+
+
+def test_report_without_field_reporting_has_no_section(tmp_path):
+    city = grid_city()
+    html = write_report(tmp_path / "r.html", city=city, ledger=busy_ledger(city), kpis=kpis_for()).read_text(
+        encoding="utf-8")
+    assert "field-reporting" not in html
+
+
+def test_field_reporting_section_with_no_reports(tmp_path):
+    """Problems but no report: every figure says so instead of failing."""
+    city = grid_city()
+    ledger = Ledger()
+    ledger.append("problem.start", 600.0, "pb1", cause="pothole", category="road-damage", severity=2, link="L0",
+                  node="n00", lon=None, lat=None)
+    kpis = kpis_for(series=False)
+    kpis["field_reporting"] = field_reporting_kpis(ledger.table(), start_s=parse_clock("06:00"),
+                                                   duration_s=kpis["duration_s"])
+    html = write_report(tmp_path / "r.html", city=city, ledger=ledger.table(), kpis=kpis).read_text(encoding="utf-8")
+    assert '<section id="field-reporting">' in html
+    assert len(images(html)) == 4 + 6
+    assert "Nothing to list." in html
+
+
+def test_problem_positions():
+    city = grid_city()
+    city.nodes.lon[:] = 108.2 + 0.001 * (np.arange(16) % 4)  # 1/1000 degree ≈ 100 m, as the grid
+    city.nodes.lat[:] = 16.05 + 0.001 * (np.arange(16) // 4)
+    problems = pd.DataFrame({"link": ["L0", "", None, "nope"], "node": ["n00", "n11", None, "nope"],
+                             "lon": [0.0, 0.0, 108.2029, np.nan], "lat": [0.0, 0.0, 16.0529, np.nan]})
+    x, y = problem_positions(city, problems)
+    assert (x[0], y[0]) == (50.0, 0.0)  # the middle of L0 (n00 → n01)
+    assert (x[1], y[1]) == (100.0, 100.0)  # junction n11
+    assert (x[2], y[2]) == (300.0, 300.0)  # nearest node to its lon/lat: n33
+    assert np.isnan(x[3]) and np.isnan(y[3])

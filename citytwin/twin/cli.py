@@ -18,6 +18,7 @@ examples:
   citytwin validate scenarios/*.yaml
   citytwin run scenarios/quickstart.yaml --out results/quickstart
   citytwin run scenarios/danang_haichau.yaml --out results/danang --seed 7
+  citytwin run scenarios/danang_pilot.yaml      # field reporting: citizens, 1022, crews, KPIs
   citytwin ioc serve --db sqlite:///ioc.sqlite3 --port 8311
 """
 
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate a scenario in virtual time and write, into --out:\n"
         "  ledger.parquet  every event with its virtual time (the record KPIs are computed from)\n"
         "  kpis.json       each KPI with its value and unit, and the series behind the plots\n"
-        "  report.html     a self-contained report: congestion map at the peak, time series, incidents\n"
+        "  report.html     a self-contained report: congestion map at the peak, time series, incidents,\n"
+        "                  and with field_reporting: reports, deadlines, backlog, satisfaction\n"
         "The same scenario and seed give the same ledger, byte for byte.")
     run.add_argument("scenario", type=Path, help="scenario YAML file")
     run.add_argument("--out", type=Path, default=None, metavar="DIR",
@@ -98,16 +100,20 @@ def _print_summary(kpis: dict, console) -> None:
     from rich.table import Table
 
     city = kpis["city"]
-    table = Table(title=f"{kpis['scenario']} — {city['name']} ({city['links']} links, {city['road_km']} km), "
-                        f"seed {kpis['seed']}")
-    table.add_column("KPI")
-    table.add_column("value", justify="right")
-    table.add_column("unit")
-    for item in kpis["kpis"].values():
-        value = item["value"]
-        text = "—" if value is None else f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        table.add_row(item["label"], text, item["unit"])
-    console.print(table)
+    sections = [(f"{kpis['scenario']} — {city['name']} ({city['links']} links, {city['road_km']} km), "
+                 f"seed {kpis['seed']}", kpis["kpis"])]
+    if kpis.get("field_reporting"):
+        sections.append(("Field reporting (phản ánh hiện trường)", kpis["field_reporting"]["kpis"]))
+    for title, items in sections:
+        table = Table(title=title)
+        table.add_column("KPI")
+        table.add_column("value", justify="right")
+        table.add_column("unit")
+        for item in items.values():
+            value = item["value"]
+            text = "—" if value is None else f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+            table.add_row(item["label"], text, item["unit"])
+        console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ outpaces drainage, concentrated by how low the junction lies, and recedes when i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import simpy
@@ -100,8 +101,10 @@ class Hazards:
     """Plays a drawn schedule on a SimPy environment, into the ledger and the engine."""
 
     def __init__(self, env: simpy.Environment, city: City, engine: TrafficEngine, ledger: Ledger,
-                 spec: HazardsSpec, incidents: list[Incident], rain: list[Rain]):
+                 spec: HazardsSpec, incidents: list[Incident], rain: list[Rain], *,
+                 on_flood: Callable[[int, float], None] | None = None):
         self.env, self.city, self.engine, self.ledger, self.spec = env, city, engine, ledger, spec
+        self.on_flood = on_flood  # told of each junction that floods (node index, time): a problem to report
         self.incidents, self.rain = incidents, rain
         self._raining: list[Rain] = []
         self._low, self._concentration = _low_nodes(city, spec.rain.low_node_share)
@@ -168,6 +171,8 @@ class Hazards:
             node = int(self._low[i])
             self._flooded[i] = True
             self.ledger.append("flood.start", now, self.city.nodes.ids[node], depth_m=float(self._depth[i]))
+            if self.on_flood is not None:
+                self.on_flood(node, now)
             for link in self.city.links_at_node(node):
                 self.engine.restrict(f"flood:{node}:{link}", Restriction(int(link), capacity_factor=0.0))
                 self._flooded_ends[link] += 1

@@ -42,6 +42,28 @@ FIELDS: dict[str, pa.DataType] = {
     "duration_s": pa.float64(),
     "intensity_mm_h": pa.float64(),
     "depth_m": pa.float64(),
+    # residents' trips (counted per clock hour and mode)
+    "mode": pa.string(),
+    "count": pa.float64(),
+    # urban problems (ground truth) and the field reports about them
+    "category": pa.string(),  # the IOC service code
+    "severity": pa.int64(),  # 1 minor, 2 serious, 3 severe
+    "link": pa.string(),
+    "node": pa.string(),
+    "lon": pa.float64(),
+    "lat": pa.float64(),
+    "problem": pa.string(),
+    "resident": pa.int64(),
+    "channel": pa.string(),  # app | hotline | web
+    "request_id": pa.int64(),
+    "duplicate_of": pa.int64(),
+    "deadline_t": pa.float64(),  # virtual time the request is due
+    "status": pa.string(),
+    "actor": pa.string(),
+    "published": pa.bool_(),  # the step carried a public note for the reporter
+    "wait_s": pa.float64(),
+    "satisfaction": pa.float64(),  # 1-5
+    "crew": pa.string(),
 }
 
 # The kinds the twin writes, each with the fields it fills: the ledger's data dictionary.
@@ -60,6 +82,18 @@ KINDS: dict[str, tuple[str, ...]] = {
     "flood.end": ("depth_m",),
     "link.closed": ("cause",),
     "link.reopened": ("cause",),
+    "persons.trips": ("mode", "count"),  # t: start of the clock hour the trips depart in
+    "problem.start": ("cause", "category", "severity", "link", "node", "lon", "lat"),  # cause: problem kind
+    "problem.fixed": ("crew", "request_id"),
+    "report.submitted": ("channel", "category", "problem", "resident", "request_id", "duplicate_of",
+                         "deadline_t", "lon", "lat"),  # subject: the twin's report id
+    "call.answered": ("wait_s", "actor"),  # subject: the report the call carries
+    "call.abandoned": ("wait_s", "problem", "resident"),
+    "request.status": ("status", "actor", "published", "duplicate_of", "crew"),  # subject: request id
+    "crew.travel": ("crew", "request_id", "travel_time_s"),  # subject: the crew; t: departure
+    "report.checked": ("status", "request_id"),
+    "report.feedback": ("satisfaction", "published", "request_id", "duration_s"),
+    "report.given_up": ("request_id", "duration_s"),
 }
 
 BASE = (("seq", pa.int64()), ("t", pa.float64()), ("kind", pa.string()), ("subject", pa.string()))

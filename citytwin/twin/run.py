@@ -16,9 +16,11 @@ from .city.model import City
 from .city.paths import od_free_flow
 from .clock import virtual_clock
 from .hazards import Hazards, draw_incidents, draw_rain
+from .kpi.field_reporting import field_reporting_kpis
+from .kpi.population import person_trip_kpis
 from .kpi.traffic import hazard_kpis, traffic_kpis
 from .ledger import Ledger
-from .scenario.schema import OdDemand, Scenario
+from .scenario.schema import VN_WEEKDAY_PROFILE, AgentDemand, OdDemand, Scenario
 from .scenario.units import format_clock
 from .traffic.demand import od_demand, tntp_demand
 from .traffic.engine import TrafficEngine, TripBatch, TripResults
@@ -47,9 +49,16 @@ class TrafficRecorder:
                  vehicles_per_trip: float, pcu_per_trip: float):
         self.engine, self.city, self.ledger = engine, city, ledger
         self.vehicles_per_trip, self.pcu_per_trip = vehicles_per_trip, pcu_per_trip
-        self._free_flow = dict(zip(trips.ids.tolist(), od_free_flow(city, trips.origin, trips.dest).tolist()))
+        self._free_flow: dict[str, float] = {}
+        self.add(trips)
 
         self._snapshot_times: list[float] = []
+
+    def add(self, trips: TripBatch) -> None:
+        """Trips added to the engine (at the start, or as each day of residents' trips is loaded)."""
+        self.engine.add_trips(trips)
+        self._free_flow.update(zip(trips.ids.tolist(), od_free_flow(city=self.city, origin=trips.origin,
+                                                                    dest=trips.dest).tolist()))
 
     def process(self, env: simpy.Environment, chunk_s: float, snapshot_s: float, end_s: float,
                 on_progress: Callable[[float], None]):
@@ -124,15 +133,19 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = 
     engine = UXsimEngine(city, horizon_s=duration, platoon_pcu=tr.platoon_pcu, reaction_time_s=tr.reaction_time_s,
                          route_update_s=tr.route_update, route_noise=tr.route_noise,
                          seed=engine_seed)
-    engine.add_trips(trips)
-    recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=tr.platoon_pcu / tr.mean_pcu,
-                               pcu_per_trip=float(tr.platoon_pcu))
     env = virtual_clock()
-    hourly = np.asarray(scenario.demand.hourly_weights() if isinstance(scenario.demand, OdDemand) else [1.0] * 24)
+    people = _people(scenario, env, city, engine, ledger, seed) if scenario.population is not None else None
+    vehicles_per_trip = people.vehicles_per_platoon if people is not None else tr.platoon_pcu / tr.mean_pcu
+    recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=vehicles_per_trip,
+                               pcu_per_trip=float(tr.platoon_pcu))
+    if people is not None:
+        people.add_platoons = recorder.add
+        people.start()
     incidents = draw_incidents(city, scenario.hazards, start_s=scenario.start, duration_s=duration,
-                               hourly_weights=hourly, rng=hazard_rng)
+                               hourly_weights=_hourly_weights(scenario), rng=hazard_rng)
     rain = draw_rain(scenario.hazards, start_s=scenario.start, duration_s=duration, rng=hazard_rng)
-    Hazards(env, city, engine, ledger, scenario.hazards, incidents, rain).start()
+    Hazards(env, city, engine, ledger, scenario.hazards, incidents, rain,
+            on_flood=people.on_flood if people is not None else None).start()
 
     interrupted = False
     with progress or nullcontext() as bar:
@@ -162,6 +175,30 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = 
     return RunResult(out_dir=out, kpis=kpis, city=city)
 
 
+def _people(scenario: Scenario, env: simpy.Environment, city: City, engine: TrafficEngine, ledger: Ledger,
+            seed: int):
+    """The residents and, with field reporting, the IOC in memory they report to (virtual time)."""
+    from citytwin.agents.context import AgentContext  # the run brings the people in: the top of the flow
+    from citytwin.agents.model import CityModel, agent_streams
+
+    from .ports import InProcessPort, new_ioc
+
+    streams = agent_streams(seed)
+    fr = scenario.field_reporting
+    port = InProcessPort(new_ioc(streams["ioc"], fr.organisation.deadlines if fr else None), ledger,
+                         start_s=scenario.start)
+    ctx = AgentContext(env=env, model=None, city=city, engine=engine, ledger=ledger, port=port,
+                       start_s=scenario.start, duration_s=scenario.duration)
+    return CityModel(scenario, ctx, streams)
+
+
+def _hourly_weights(scenario: Scenario) -> np.ndarray:
+    """When in the day traffic (and so incidents) is heavy."""
+    demand = scenario.demand
+    return np.asarray(demand.hourly_weights() if isinstance(demand, OdDemand) else
+                      VN_WEEKDAY_PROFILE if isinstance(demand, AgentDemand) else [1.0] * 24)
+
+
 def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, int]:
     """The run's random streams: demand, hazards, and the engine's own seed. Independent streams per
     concern, so drawing more hazards never changes the demand."""
@@ -171,6 +208,9 @@ def seed_streams(seed: int) -> tuple[np.random.Generator, np.random.Generator, i
 
 def scenario_demand(scenario: Scenario, city: City, rng: np.random.Generator) -> TripBatch:
     tr, d = scenario.traffic, scenario.demand
+    if isinstance(d, AgentDemand):  # the residents' trips are loaded day by day as the run goes
+        return TripBatch(ids=np.empty(0, object), origin=np.empty(0, np.int64), dest=np.empty(0, np.int64),
+                         depart_t=np.empty(0))
     if isinstance(d, OdDemand):
         return od_demand(city, d, mean_pcu=tr.mean_pcu, platoon_pcu=tr.platoon_pcu, start_s=scenario.start,
                          duration_s=scenario.duration, rng=rng)
@@ -182,7 +222,7 @@ def compute_kpis(table, city: City, scenario: Scenario, seed: int) -> dict:
     """kpis.json: each KPI with its value, unit and label, plus the series the report plots."""
     traffic = traffic_kpis(table, city, start_s=scenario.start,
                            congested_speed_ratio=scenario.kpi.congested_speed_ratio)
-    return {
+    out = {
         "scenario": scenario.name,
         "seed": seed,
         "start_clock": format_clock(scenario.start),
@@ -192,3 +232,10 @@ def compute_kpis(table, city: City, scenario: Scenario, seed: int) -> dict:
         "series": traffic["series"],
         "peak": traffic["peak"],
     }
+    if scenario.population is not None:
+        out["kpis"].update(person_trip_kpis(table, residents=scenario.population.residents,
+                                            duration_s=scenario.duration))
+    reporting = field_reporting_kpis(table, start_s=scenario.start, duration_s=scenario.duration)
+    if reporting is not None:
+        out["field_reporting"] = reporting
+    return out

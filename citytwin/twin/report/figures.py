@@ -23,7 +23,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from citytwin.twin.city.model import City
 
@@ -34,6 +34,16 @@ NO_SNAPSHOT_GREY = "#bdbdbd"
 CAUSE_COLOURS = {"crash": "#d62728", "breakdown": "#ff7f0e"}
 OTHER_INCIDENT_COLOUR = "#9467bd"
 KIND_COLOURS = {"rain": "#6baed6", "flood": "#1f4e9c", "closure": "#555555"}
+CHANNEL_COLOURS = {"app": "#3182bd", "hotline": "#e6550d", "web": "#31a354"}
+OTHER_CHANNEL_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+TARGET_STYLE = {"color": "#222222", "ls": "--", "lw": 1.2}  # every target line looks the same
+PROBLEM_STYLES = {  # (colour, filled) by what became of a problem
+    "fixed": ("#31a354", True),
+    "reported": ("#fd8d3c", True),
+    "unreported": ("#d62728", False),
+}
+PROBLEM_LABELS = {"fixed": "reported and fixed", "reported": "reported, not fixed yet",
+                  "unreported": "never reported"}
 MAX_TIMELINE_ROWS = 40  # beyond this a Gantt chart stops being readable; the rest are counted in the title
 
 
@@ -80,7 +90,7 @@ def _clock_axis(ax, t_max: float, start_s: float) -> None:
     if t_max <= 0:
         return
     hours = t_max / 3600
-    step = 3600 * (1 if hours <= 6 else 2 if hours <= 12 else 3 if hours <= 36 else 6)
+    step = 3600 * (1 if hours <= 6 else 2 if hours <= 12 else 3 if hours <= 36 else 6 if hours <= 96 else 24)
     first = math.ceil(start_s / step) * step - start_s
     ticks = np.arange(first, t_max + 1, step)
     ax.set_xticks(ticks, [clock_label(t, start_s) for t in ticks])
@@ -117,12 +127,7 @@ def _map_extent(city: City) -> tuple[float, float, float, float]:
 def network_map(city: City, ratio: np.ndarray, *, incident_links: Iterable[int] = (),
                 flooded_nodes: Iterable[int] = (), title: str = "") -> Figure:
     """Links coloured by speed / free-flow speed (NaN = no snapshot, grey), width by lanes."""
-    x0, x1, y0, y1 = _map_extent(city)
-    span = max(x1 - x0, y1 - y0, 1.0)
-    dx, dy = max(x1 - x0, span * 0.05), max(y1 - y0, span * 0.05)
-    fig = _figure(float(np.clip(7.6 * dy / dx + 0.9, 4.0, 11.0)))
-    ax = fig.add_subplot()
-
+    fig, ax, span = _map_figure(city)
     # each direction ~2 px off the centre line at this width, whatever the city's size in metres
     segments = link_segments(city, offset_m=span * 0.0025)
     widths = np.clip(0.4 + 0.45 * city.links.lanes, 0.6, 2.6)
@@ -158,6 +163,27 @@ def network_map(city: City, ratio: np.ndarray, *, incident_links: Iterable[int] 
     if handles:  # below the map, where it cannot hide streets
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
 
+    _finish_map(ax, city, title)
+    return fig
+
+
+def _map_box(city: City) -> tuple[float, float, float, float, float]:
+    """(x0, y0, width, height, span) of the view: at least 5 % of the larger span each way, so a city
+    that is one straight street still gets a readable panel."""
+    x0, x1, y0, y1 = _map_extent(city)
+    span = max(x1 - x0, y1 - y0, 1.0)
+    return x0, y0, max(x1 - x0, span * 0.05), max(y1 - y0, span * 0.05), span
+
+
+def _map_figure(city: City) -> tuple[Figure, object, float]:
+    """A figure whose height follows the city's shape, its axes, and the city's larger span in metres."""
+    _, _, dx, dy, span = _map_box(city)
+    fig = _figure(float(np.clip(7.6 * dy / dx + 0.9, 4.0, 11.0)))
+    return fig, fig.add_subplot(), span
+
+
+def _finish_map(ax, city: City, title: str) -> None:
+    x0, y0, dx, dy, _ = _map_box(city)
     ax.update_datalim([(x0, y0), (x0 + dx, y0 + dy)])
     ax.margins(0.03)
     ax.set_aspect("equal", adjustable="datalim")  # fill the panel: widen the view rather than shrink the axes
@@ -168,7 +194,6 @@ def network_map(city: City, ratio: np.ndarray, *, incident_links: Iterable[int] 
     ax.set_xlabel("x (km east)")
     ax.set_ylabel("y (km north)")
     ax.set_title(title)
-    return fig
 
 
 def _series_arrays(series: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -203,15 +228,18 @@ def hourly_congestion(series: dict, start_s: float) -> Figure:
 
 
 def line_series(series: dict, start_s: float, duration_s: float, *, title: str, ylabel: str,
-                colour: str, peak_t: float | None = None) -> Figure:
-    """A quantity over the run against clock time, with the congestion peak marked."""
+                colour: str, peak_t: float | None = None, steps: bool = False) -> Figure:
+    """A quantity over the run against clock time, with the congestion peak marked. `steps`: the value
+    holds until the next sample (a count that changes at events) rather than changing linearly."""
     fig = _figure(3.2)
     ax = fig.add_subplot()
     t, values = _series_arrays(series)
     if len(t):
-        ax.plot(t, values, color=colour, lw=1.6)
-        ax.fill_between(t, np.nan_to_num(values), color=colour, alpha=0.15, lw=0)
+        ax.plot(t, values, color=colour, lw=1.6, drawstyle="steps-post" if steps else "default")
+        ax.fill_between(t, np.nan_to_num(values), color=colour, alpha=0.15, lw=0, step="post" if steps else None)
         ax.set_ylim(bottom=0)
+        if steps:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         if peak_t is not None:
             ax.axvline(peak_t, color="#444444", ls="--", lw=1, label=f"peak {clock_label(peak_t, start_s)}")
             ax.legend(loc="upper left", fontsize="small")
@@ -276,4 +304,164 @@ def hazard_timeline(hazards: Sequence[Hazard], duration_s: float, start_s: float
                frameon=False)
     hidden = len(rows) - len(shown)
     ax.set_title("Hazards over the run" + (f" (first {len(shown)} of {len(rows)} rows)" if hidden else ""))
+    return fig
+
+
+# -- field reporting -------------------------------------------------------------------------------------
+
+def _channel_colour(name: str, others: list[str]) -> str:
+    if name in CHANNEL_COLOURS:
+        return CHANNEL_COLOURS[name]
+    others.append(name)
+    return OTHER_CHANNEL_COLOURS[(len(others) - 1) % len(OTHER_CHANNEL_COLOURS)]
+
+
+def stacked_bins(series: dict, start_s: float, duration_s: float, *, title: str, ylabel: str) -> Figure:
+    """Counts per time bin stacked by group (field reports by channel). `series["x"]` are the bins'
+    starts in run time; each bin ends where the next starts, the last at the end of the run."""
+    fig = _figure(3.4)
+    ax = fig.add_subplot()
+    x = np.asarray(series.get("x") or [], dtype=float)
+    groups = {k: np.asarray(v, dtype=float) for k, v in (series.get("values") or {}).items()}
+    if len(x) and groups and any(v.sum() > 0 for v in groups.values()):
+        widths = np.diff(np.append(x, max(duration_s, x[-1] + 1.0)))
+        bottom = np.zeros(len(x))
+        others: list[str] = []
+        for name, counts in groups.items():
+            ax.bar(x, counts, width=widths, bottom=bottom, align="edge", color=_channel_colour(name, others),
+                   edgecolor="white", lw=0.4, label=name)
+            bottom += counts
+        ax.legend(loc="upper left", fontsize="small", ncol=len(groups))
+        ax.set_ylim(0, max(bottom.max() * 1.15, 1.0))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        _no_data(ax, "no field reports in this run")
+    _clock_axis(ax, max(duration_s, float(x.max()) if len(x) else 0.0), start_s)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _category_axis(ax, categories: Sequence[str]) -> None:
+    ax.set_yticks(range(len(categories)), list(categories))
+    ax.set_ylim(len(categories) - 0.5, -0.5)  # the first category on top, as in the table below
+
+
+def category_close_times(rows: Sequence[dict], *, title: str) -> Figure:
+    """Per category: bars to the p50 and p90 time to close, and the category's deadline as a tick.
+    A percentile the run did not reach (too many requests still open) is marked as such."""
+    rows = [r for r in rows if r.get("reports")]
+    fig = _figure(1.5 + 0.5 * max(len(rows), 1))
+    ax = fig.add_subplot()
+    if not rows:
+        _no_data(ax, "no requests in this run")
+        ax.set_title(title)
+        return fig
+    cats = [str(r["category"]) for r in rows]
+    y = np.arange(len(rows))
+    p50 = np.array([np.nan if r.get("close_p50_h") is None else r["close_p50_h"] for r in rows], float)
+    p90 = np.array([np.nan if r.get("close_p90_h") is None else r["close_p90_h"] for r in rows], float)
+    deadline = np.array([np.nan if r.get("deadline_h") is None else r["deadline_h"] for r in rows], float)
+    handles = [ax.barh(y, np.nan_to_num(p50), height=0.4, color="#08519c", label="p50", zorder=2),
+               ax.barh(y, np.nan_to_num(p90), height=0.7, color="#9ecae1", label="p90", zorder=1)]
+    has = np.isfinite(deadline)
+    handles.append(ax.scatter(deadline[has], y[has], marker="|", s=260, color="#222222", lw=2.2, zorder=3,
+                              label="deadline"))
+    right = np.nanmax(np.concatenate([p90, p50, deadline, [1.0]]))
+    # a percentile the run did not reach goes in the row's label, where no bar or tick can cover it
+    labels = [c + _unreached(r, p50[i], p90[i]) for i, (c, r) in enumerate(zip(cats, rows))]
+    _category_axis(ax, labels)
+    ax.set_xlim(0, right * 1.08)
+    ax.set_xlabel("hours from report to close (originals)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small", frameon=False)
+    return fig
+
+
+def _unreached(row: dict, p50: float, p90: float) -> str:
+    if row.get("reports", 0) - row.get("duplicates", 0) <= 0:
+        return "\n(duplicates only)"
+    if not np.isfinite(p50):
+        return "\n(p50, p90 not reached)"
+    return "\n(p90 not reached)" if not np.isfinite(p90) else ""
+
+
+def category_shares(rows: Sequence[dict], key: str, count_key: str, *, target: float, target_label: str,
+                    title: str, xlabel: str) -> Figure:
+    """Per category: a share in %, with the target as a dashed line and how many requests it rests on."""
+    rows = [r for r in rows if r.get("reports")]
+    fig = _figure(1.5 + 0.42 * max(len(rows), 1))
+    ax = fig.add_subplot()
+    if not rows:
+        _no_data(ax, "no requests in this run")
+        ax.set_title(title)
+        return fig
+    values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], float)
+    y = np.arange(len(rows))
+    colours = np.where(values >= target - 1e-9, "#31a354", "#fd8d3c")
+    ax.barh(y, np.nan_to_num(values), height=0.65, color=colours)
+    for i, r in enumerate(rows):
+        text = f"{values[i]:.0f} % of {r.get(count_key, 0)}" if np.isfinite(values[i]) else "none judged yet"
+        ax.text(1.0, i, text, va="center", fontsize="small", color="white" if values[i] >= 20 else "#333333")
+    ax.axvline(target, **TARGET_STYLE, label=target_label)
+    _category_axis(ax, [str(r["category"]) for r in rows])
+    ax.set_xlim(0, 105)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize="small", frameon=False)
+    return fig
+
+
+def satisfaction_histogram(series: dict, *, mean: float | None = None) -> Figure:
+    """Reporters' scores in whole stars, 1 to 5."""
+    fig = _figure(3.0)
+    ax = fig.add_subplot()
+    stars, counts = _series_arrays(series)
+    if len(stars) and np.nansum(counts) > 0:
+        colours = [colormaps["RdYlGn"](float(v)) for v in np.linspace(0.1, 0.9, len(stars))]
+        ax.bar(stars, counts, width=0.7, color=colours, edgecolor="#555555", lw=0.5)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if mean is not None:
+            ax.axvline(mean, color="#222222", lw=1.2, label=f"mean {mean:.2f}")
+            ax.legend(loc="upper left", fontsize="small")
+    else:
+        _no_data(ax, "no reporter rated an outcome in this run")
+    ax.set_xticks([1, 2, 3, 4, 5], ["1 ★", "2 ★", "3 ★", "4 ★", "5 ★"])
+    ax.set_xlim(0.4, 5.6)
+    ax.set_xlabel("satisfaction (stars; 1 = very dissatisfied, 5 = very satisfied)")
+    ax.set_ylabel("reporters")
+    ax.set_title("Reporter satisfaction with the outcome")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def problem_map(city: City, x: np.ndarray, y: np.ndarray, state: Sequence[str], severity: np.ndarray, *,
+                title: str) -> Figure:
+    """Problems on the network, by what became of them (`state`: fixed | reported | unreported); marker
+    size grows with severity. The unreported are drawn last and hollow so none hides under another."""
+    fig, ax, span = _map_figure(city)
+    ax.add_collection(LineCollection(link_segments(city, offset_m=0.0), colors="#c8c8c8", linewidths=0.8,
+                                     capstyle="round", zorder=1))
+    state = np.asarray(state, dtype=object)
+    size = 18.0 * np.asarray(severity, dtype=float).clip(1, 3) ** 1.3
+    handles = []
+    for name in ("fixed", "reported", "unreported"):
+        pick = state == name
+        if not pick.any():
+            continue
+        colour, filled = PROBLEM_STYLES[name]
+        ax.scatter(x[pick], y[pick], s=size[pick], facecolors=colour if filled else "none", edgecolors=colour,
+                   lw=1.3, alpha=0.85, zorder=3 if filled else 4)
+        handles.append(Line2D([], [], ls="", marker="o", ms=7, mfc=colour if filled else "none", mec=colour,
+                              label=f"{PROBLEM_LABELS[name]} ({int(pick.sum()):,})"))
+    if handles:
+        handles.append(Line2D([], [], ls="", marker="o", ms=4, mfc="#bbbbbb", mec="#bbbbbb",
+                              label="larger = more severe"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small", frameon=False)
+    else:
+        _no_data(ax, "no problems to place on the network")
+    _finish_map(ax, city, title)
     return fig

@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy.spatial import cKDTree
 
 from citytwin.twin.city.model import City
+from citytwin.twin.kpi.field_reporting import PUBLISHED_KPI, problem_outcomes
 from citytwin.twin.ledger import KINDS
 from citytwin.twin.report import figures
 from citytwin.twin.report.figures import Hazard, clock_label, parse_clock
@@ -74,6 +76,7 @@ def write_report(path: str | Path, *, city: City, ledger: pa.Table, kpis: dict[s
         _map_section(city, speeds, peak_t, hazards, start_s),
         _series_section(kpis.get("series") or {}, start_s, duration_s, peak_t),
         _hazard_section(hazards, duration_s, start_s, peak_t),
+        _field_section(kpis.get("field_reporting"), city, ledger, start_s, duration_s),
         _footer(ledger),
     ])
     document = (
@@ -307,6 +310,165 @@ def _hazard_section(hazards: list[Hazard], duration_s: float, start_s: float, pe
     fig = figures.hazard_timeline(hazards, duration_s, start_s, peak_t)
     return (f'<section id="hazards">\n<h2>Hazards</h2>\n<p>{escape(summary)}.</p>\n'
             f"{_img(fig, 'Hazard timeline', caption)}\n</section>")
+
+
+# The per-category and per-channel tables: (key, header, unit appended to the value)
+CATEGORY_COLUMNS = (
+    ("category", "Category", ""), ("reports", "Reports", ""), ("duplicates", "Duplicates", ""),
+    ("open_end", "Open at end", ""), ("deadline_h", "Deadline (h)", ""),
+    ("within_deadline", "Within deadline", " %"), ("judged", "Judged", ""), ("ack_p50_h", "Ack. p50 (h)", ""),
+    ("close_p50_h", "Close p50 (h)", ""), ("close_p90_h", "Close p90 (h)", ""),
+    ("satisfaction_mean", "Satisfaction", ""), ("problems", "Problems", ""),
+    ("problems_reported", "Problems reported", " %"),
+)
+CHANNEL_COLUMNS = (
+    ("channel", "Channel", ""), ("reports", "Reports", ""), ("share", "Share", " %"),
+    ("duplicates", "Duplicates", " %"), ("close_p50_h", "Close p50 (h)", ""),
+    ("published", "Result published", " %"), ("satisfaction_mean", "Satisfaction", ""),
+)
+
+
+def _field_section(fr: dict[str, Any] | None, city: City, ledger: pa.Table, start_s: float,
+                   duration_s: float) -> str:
+    """Field reporting (phản ánh hiện trường): the KPIs from kpis["field_reporting"], its figures and tables,
+    and the problems on the map from the ledger's ground truth. Absent when the run had no field reporting."""
+    if not fr:
+        return ""
+    kpis, series, tables = fr.get("kpis") or {}, fr.get("series") or {}, fr.get("tables") or {}
+    categories = tables.get("by_category") or []
+    reports_series = series.get("reports_by_channel") or {}
+    per = "hour" if (reports_series.get("bin_s") or 3600) <= 3600 else "day"
+    satisfaction = kpis.get("satisfaction_mean") or {}
+    parts = [
+        f"<p>{_field_summary(kpis)}</p>",
+        _field_kpi_table(kpis),
+        _img(figures.stacked_bins(reports_series, start_s, duration_s, title="Field reports by channel",
+                                  ylabel=f"reports per {per}"), "Field reports by channel",
+             f"Reports received in each clock {per}, stacked by channel (the app, hotline 1022, the web portal); "
+             "a hotline report counts when the operator files it."),
+        _img(figures.line_series(series.get("backlog") or {}, start_s, duration_s,
+                                 title="Backlog: requests open", ylabel="open", colour="#756bb1",
+                                 steps=True), "Backlog over time",
+             "Original requests (duplicates left out) received and not yet resolved or closed."),
+        _img(figures.category_close_times(categories, title="Time to close by category"),
+             "Time to close by category",
+             "Kaplan–Meier p50 and p90 of the time from report to resolved or closed, for original requests; "
+             "requests still open at the end count as open for as long as the run saw them. The tick is the "
+             "category's deadline."),
+        _img(figures.category_shares(categories, "within_deadline", "judged", target=100.0,
+                                     target_label="target: every request by its deadline (100 %)",
+                                     title="Requests closed within their deadline",
+                                     xlabel="closed within deadline (% of judged originals)"),
+             "Share closed within deadline by category",
+             "Judged: originals closed by the end, and those still open whose deadline has passed (late). "
+             "Requests still open within their deadline are not judged yet."),
+        _img(figures.satisfaction_histogram(series.get("satisfaction") or {}, mean=satisfaction.get("value")),
+             "Reporter satisfaction",
+             "Scores reporters gave once their request was closed, rounded to whole stars."),
+        _problem_map(city, ledger),
+        "<h3>By category</h3>\n" + _rows_table(categories, CATEGORY_COLUMNS),
+        "<h3>By channel</h3>\n" + _rows_table(tables.get("by_channel") or [], CHANNEL_COLUMNS),
+    ]
+    title = '<h2>Field reporting (<span lang="vi">phản ánh hiện trường</span>)</h2>'
+    return f'<section id="field-reporting">\n{title}\n' + "\n".join(parts) + "\n</section>"
+
+
+def _field_summary(kpis: dict[str, Any]) -> str:
+    def value(key: str) -> str:
+        return escape(format_value((kpis.get(key) or {}).get("value")))
+
+    return (f"{value('reports')} field reports ({value('reports_per_day')} a day) about {value('problems')} "
+            f"urban problems; {value('problems_reported')} % of the problems were reported at least once, and "
+            f"{value('backlog_end')} original requests were still open at the end.")
+
+
+def _field_kpi_table(kpis: dict[str, Any]) -> str:
+    """The field-reporting KPIs, the national indicator first with its target and whether it is met."""
+    order = ([PUBLISHED_KPI] if PUBLISHED_KPI in kpis else []) + [k for k in kpis if k != PUBLISHED_KPI]
+    rows = []
+    for key in order:
+        entry = kpis[key] if isinstance(kpis[key], dict) else {"value": kpis[key]}
+        unit = str(entry.get("unit") or "")
+        target, met = "", ""
+        if entry.get("target") is not None:
+            target = f"{format_value(entry['target'])} {unit}".strip()
+            value = entry.get("value")
+            met = "—" if value is None else "met" if value >= entry["target"] - 1e-9 else "not met"
+        style = ' style="font-weight:bold"' if key == PUBLISHED_KPI else ""
+        rows.append(f"<tr{style}><td>{escape(str(entry.get('label') or key))}</td>"
+                    f'<td class="num">{escape(format_value(entry.get("value")))}</td>'
+                    f"<td>{escape(unit)}</td><td>{escape(target)}</td><td>{escape(met)}</td></tr>")
+    if not rows:
+        return '<p class="note">No field-reporting KPIs were computed for this run.</p>'
+    note = ('<p class="note">Times are Kaplan–Meier percentiles: a request or problem still waiting at the end '
+            "counts as waiting for as long as the run saw it. “—” means no data, or a percentile beyond what the "
+            "run saw (too many still waiting). L1.N1.PN2.01 counts the reports whose request (for a duplicate, "
+            "its original) was closed by the end.</p>")
+    return ("<table><tr><th>Indicator</th><th>Value</th><th>Unit</th><th>Target</th><th>Status</th></tr>"
+            + "".join(rows) + "</table>\n" + note)
+
+
+def _rows_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str, str], ...]) -> str:
+    if not rows:
+        return '<p class="note">Nothing to list.</p>'
+    head = "".join(f"<th>{escape(h)}</th>" for _, h, _ in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for key, _, suffix in columns:
+            value = row.get(key)
+            if isinstance(value, str):
+                cells.append(f"<td>{escape(value)}</td>")
+            else:
+                text = format_value(value) + (suffix if value is not None else "")
+                cells.append(f'<td class="num">{escape(text)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>" + "".join(body) + "</table>"
+
+
+def problem_positions(city: City, problems) -> tuple[np.ndarray, np.ndarray]:
+    """Map x/y of each problem: the middle of its link, else its node, else the node nearest its lon/lat
+    (when the city has geography). NaN where none of these is known."""
+    n = len(problems)
+    x, y = np.full(n, np.nan), np.full(n, np.nan)
+    if n == 0:
+        return x, y
+    links, nodes = city.links, city.nodes
+    li = problems["link"].map(city.link_index()).to_numpy(dtype=float)
+    ni = problems["node"].map(city.node_index()).to_numpy(dtype=float)
+    on_link = np.isfinite(li)
+    k = li[on_link].astype(np.int64)
+    x[on_link] = (nodes.x[links.src[k]] + nodes.x[links.dst[k]]) / 2
+    y[on_link] = (nodes.y[links.src[k]] + nodes.y[links.dst[k]]) / 2
+    at_node = ~on_link & np.isfinite(ni)
+    x[at_node], y[at_node] = nodes.x[ni[at_node].astype(np.int64)], nodes.y[ni[at_node].astype(np.int64)]
+    rest = ~np.isfinite(x)
+    lon, lat = problems["lon"].to_numpy(dtype=float), problems["lat"].to_numpy(dtype=float)
+    geo = np.flatnonzero(np.isfinite(nodes.lon) & np.isfinite(nodes.lat))
+    want = np.flatnonzero(rest & np.isfinite(lon) & np.isfinite(lat))
+    if len(geo) and len(want):
+        shrink = np.cos(np.radians(np.nanmean(nodes.lat[geo])))  # a degree of longitude is shorter
+        tree = cKDTree(np.column_stack([nodes.lon[geo] * shrink, nodes.lat[geo]]))
+        nearest = geo[tree.query(np.column_stack([lon[want] * shrink, lat[want]]))[1]]
+        x[want], y[want] = nodes.x[nearest], nodes.y[nearest]
+    return x, y
+
+
+def _problem_map(city: City, ledger: pa.Table) -> str:
+    problems = problem_outcomes(ledger)
+    x, y = problem_positions(city, problems)
+    placed = np.isfinite(x) & np.isfinite(y)
+    state = np.where(problems["fixed"].to_numpy(dtype=bool), "fixed",
+                     np.where(problems["reported"].to_numpy(dtype=bool), "reported", "unreported"))
+    severity = problems["severity"].astype(float).fillna(1.0).to_numpy()
+    fig = figures.problem_map(city, x[placed], y[placed], state[placed], severity[placed],
+                              title="Urban problems: reported or not")
+    unplaced = int((~placed).sum())
+    caption = ("Every problem that arose in the run (the twin's ground truth), at the middle of its street or at "
+               "its junction: filled if someone reported it (green once fixed), hollow red if nobody did."
+               + (f" {unplaced:,} problem{'s' if unplaced != 1 else ''} could not be placed on this network."
+                  if unplaced else ""))
+    return _img(fig, "Map of urban problems, reported and never reported", caption)
 
 
 def kind_counts(ledger: pa.Table) -> list[tuple[str, int]]:

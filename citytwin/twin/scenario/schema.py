@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .units import ClockTime, Duration
 
@@ -168,7 +168,243 @@ class TntpDemand(Model):
     scale: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
 
 
-Demand = Annotated[Union[OdDemand, TntpDemand], Field(discriminator="kind")]
+class AgentDemand(Model):
+    """The population's own trips (see `population`) drive the engine instead of an OD matrix."""
+
+    kind: Literal["agents"]
+    # Share of the residents' motorbike and car trips that load the modelled roads. 1 when the network
+    # is the whole city; less when a district's streets stand for a city whose other trips run elsewhere.
+    network_share: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+
+
+Demand = Annotated[Union[OdDemand, TntpDemand, AgentDemand], Field(discriminator="kind")]
+
+
+# --- population (agents/) ----------------------------------------------------------------------------
+
+AGE_GROUPS = ("child", "student", "adult", "senior")  # under 6, 6-22 in school, 23-60, over 60
+MODES = ("motorbike", "car", "bus", "walk")
+
+
+def _shares(value: dict, keys: tuple[str, ...] | None = None) -> dict:
+    if keys is not None:
+        unknown = sorted(set(value) - set(keys))
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; expected some of {', '.join(keys)}")
+    total = sum(value.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"expected shares that sum to 1; they sum to {total:g}")
+    return value
+
+
+class PopulationSpec(Model):
+    """Residents as array columns: where they live and work or study, who they are, how they travel.
+
+    The defaults describe Đà Nẵng: households of 3.5 (2019 census), a young population, most adults
+    at work outside the home, smartphones in most pockets, and three trips in four by motorbike."""
+
+    residents: Annotated[int, Field(ge=1, le=5_000_000)] = 100_000
+    household_size: Annotated[float, Field(ge=1.0, le=10.0)] = 3.5
+    age_groups: dict[str, Share] = Field(default_factory=lambda: {
+        "child": 0.08, "student": 0.22, "adult": 0.58, "senior": 0.12})
+    employed: Share = 0.78  # of adults, with a place of work outside the home
+    smartphone: dict[str, Share] = Field(default_factory=lambda: {
+        "child": 0.0, "student": 0.80, "adult": 0.88, "senior": 0.45})
+    mode_share: dict[str, Share] = Field(default_factory=lambda: {
+        "motorbike": 0.75, "car": 0.07, "bus": 0.03, "walk": 0.15})
+    midday_home_share: Share = 0.30  # of workers and students, who go home for lunch and come back
+    other_trip_share: Share = 0.35  # of residents, who make an errand (market, shop, visit) on a given day
+    work_distance_decay_per_km: Annotated[float, Field(ge=0.0, le=10.0)] = 0.35
+
+    @field_validator("age_groups")
+    @classmethod
+    def _age_groups(cls, value: dict) -> dict:
+        return _shares(value, AGE_GROUPS) if set(value) == set(AGE_GROUPS) else _missing(value, AGE_GROUPS)
+
+    @field_validator("smartphone")
+    @classmethod
+    def _smartphone(cls, value: dict) -> dict:
+        return value if set(value) == set(AGE_GROUPS) else _missing(value, AGE_GROUPS)
+
+    @field_validator("mode_share")
+    @classmethod
+    def _modes(cls, value: dict) -> dict:
+        return _shares(value, MODES) if set(value) == set(MODES) else _missing(value, MODES)
+
+
+def _missing(value: dict, keys: tuple[str, ...]) -> dict:
+    unknown = sorted(set(value) - set(keys))
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(unknown)}; expected exactly {', '.join(keys)}")
+    raise ValueError(f"expected a value for each of {', '.join(keys)}; missing {', '.join(k for k in keys if k not in value)}")
+
+
+# --- field reporting (phản ánh hiện trường) -----------------------------------------------------------
+
+def _catalog_codes() -> tuple[str, ...]:
+    from citytwin.ioc.core.catalog import DEFAULT_CATALOG  # the categories the IOC accepts
+
+    return tuple(DEFAULT_CATALOG)
+
+
+def _known_category(code: str) -> str:
+    codes = _catalog_codes()
+    if code not in codes:
+        raise ValueError(f"unknown category {code!r}; expected one of {', '.join(codes)}")
+    return code
+
+
+PROBLEM_SITES = ("roads", "homes", "signals", "floods")
+
+
+class ProblemKind(Model):
+    """One kind of urban problem: where it arises, how often, how bad, what fixing it takes."""
+
+    category: str  # the IOC service code reports of it are filed under
+    # roads: per road-km and day, on a link; homes: per 1,000 residents and day, at a home junction;
+    # signals: per signalised junction and day; floods: every junction flood of the hazards becomes one.
+    site: Literal["roads", "homes", "signals", "floods"]
+    rate: Annotated[float, Field(ge=0.0, le=100.0)] = 0.0
+    severity: list[Share] = Field(default_factory=lambda: [0.5, 0.35, 0.15])  # shares of minor, serious, severe
+    service_time: Annotated[Duration, Field(gt=0.0)] = 3600.0  # mean time on site to fix it (lognormal)
+    capacity_factor: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0  # of its link's capacity left until fixed
+
+    _category = field_validator("category")(classmethod(lambda cls, v: _known_category(v)))
+
+    @field_validator("severity")
+    @classmethod
+    def _severity(cls, value: list[float]) -> list[float]:
+        if len(value) != 3:
+            raise ValueError(f"expected three shares (minor, serious, severe); got {len(value)}")
+        return list(_shares(dict(enumerate(value))).values())
+
+
+def _default_problems() -> dict[str, ProblemKind]:
+    P = ProblemKind
+    return {
+        "pothole": P(category="road-damage", site="roads", rate=0.010, service_time=5400.0),
+        "garbage": P(category="waste", site="homes", rate=0.012, service_time=2700.0),
+        "flooding": P(category="flooding", site="floods", service_time=3600.0, severity=[0.2, 0.5, 0.3]),
+        "streetlight": P(category="streetlight", site="roads", rate=0.006, service_time=3600.0),
+        "fallen_tree": P(category="fallen-tree", site="roads", rate=0.0015, service_time=5400.0,
+                         capacity_factor=0.5, severity=[0.3, 0.4, 0.3]),
+        "encroachment": P(category="sidewalk-encroachment", site="roads", rate=0.015, service_time=1800.0,
+                          capacity_factor=0.85, severity=[0.6, 0.3, 0.1]),
+        "traffic_signal": P(category="traffic-signal", site="signals", rate=0.004, service_time=2700.0,
+                            severity=[0.3, 0.4, 0.3]),
+        "noise": P(category="noise", site="homes", rate=0.004, service_time=1800.0, severity=[0.6, 0.3, 0.1]),
+    }
+
+
+CHANNELS = ("app", "hotline", "web")
+
+
+class CitizenReporting(Model):
+    """How residents notice problems and report them, and how they follow up."""
+
+    # Chance that one pass (a trip along the problem's link or through its junction) notices a minor
+    # problem; serious and severe ones are noticed 2 and 4 times as readily.
+    notice_per_pass: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    # Chance per day that a resident living within `home_radius_m` notices it.
+    notice_at_home_per_day: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    home_radius_m: Annotated[float, Field(ge=0.0, le=5000.0)] = 200.0
+    # Each resident's propensity to report what they noticed: Beta-distributed with this mean (most
+    # people never report; a few always do) and this concentration (smaller: more unequal).
+    propensity_mean: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.02
+    propensity_concentration: Annotated[float, Field(gt=0.0, le=1000.0)] = 0.5
+    channels: dict[str, Share] = Field(default_factory=lambda: {"app": 0.45, "hotline": 0.35, "web": 0.20})
+    location_error_m: dict[str, Annotated[float, Field(ge=0.0, le=2000.0)]] = Field(default_factory=lambda: {
+        "app": 15.0, "hotline": 120.0, "web": 60.0})  # GPS in the app; a described address otherwise
+    check_interval: Annotated[Duration, Field(gt=0.0)] = 43200.0  # mean time between status checks
+    give_up_after: Annotated[Duration, Field(gt=0.0)] = 14 * 86400.0  # stops checking an open report
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: dict) -> dict:
+        return _shares(value, CHANNELS)
+
+    @field_validator("location_error_m")
+    @classmethod
+    def _errors(cls, value: dict) -> dict:
+        return value if set(value) == set(CHANNELS) else _missing(value, CHANNELS)
+
+
+class Shift(Model):
+    """A daily working window on the clock; an end at or before the start runs past midnight."""
+
+    start: ClockTime
+    end: ClockTime
+
+    @property
+    def length_s(self) -> float:
+        return (self.end - self.start) % 86400.0 or 86400.0
+
+
+class OperatorShift(Shift):
+    operators: Annotated[int, Field(ge=1, le=1000)]
+
+
+def _default_intake_shifts() -> list[OperatorShift]:
+    return [OperatorShift(start="06:00", end="14:00", operators=2),
+            OperatorShift(start="14:00", end="22:00", operators=2),
+            OperatorShift(start="22:00", end="06:00", operators=1)]
+
+
+class IntakeSpec(Model):
+    """The IOC's intake desk: operators who answer hotline 1022 and triage reports from the app and web."""
+
+    shifts: list[OperatorShift] = Field(default_factory=_default_intake_shifts, min_length=1)
+    call_time: Annotated[Duration, Field(gt=0.0)] = 300.0  # mean talk and filing time of a call (exponential)
+    triage_time: Annotated[Duration, Field(gt=0.0)] = 180.0  # mean review of an app or web report (exponential)
+    caller_patience: Annotated[Duration, Field(gt=0.0)] | None = 240.0  # mean wait before hanging up; null: never
+
+
+_DAY_SHIFT = Shift(start="07:00", end="17:00")
+_ALL_DAY = Shift(start="00:00", end="00:00")
+
+
+class CrewSpec(Model):
+    crews: Annotated[int, Field(ge=0, le=10_000)]
+    shift: Shift = _DAY_SHIFT
+
+
+def _default_crews() -> dict[str, CrewSpec]:
+    return {
+        "road-damage": CrewSpec(crews=2), "waste": CrewSpec(crews=2), "flooding": CrewSpec(crews=2, shift=_ALL_DAY),
+        "streetlight": CrewSpec(crews=1), "fallen-tree": CrewSpec(crews=1, shift=_ALL_DAY),
+        "sidewalk-encroachment": CrewSpec(crews=2), "traffic-signal": CrewSpec(crews=1, shift=_ALL_DAY),
+        "noise": CrewSpec(crews=1, shift=Shift(start="07:00", end="23:00")),
+    }
+
+
+class OrganisationSpec(Model):
+    """Who answers, who decides, who fixes: the intake desk and each category's field crews."""
+
+    intake: IntakeSpec = IntakeSpec()
+    crews: dict[str, CrewSpec] = Field(default_factory=_default_crews)
+    deadlines: dict[str, Annotated[Duration, Field(gt=0.0)]] = Field(default_factory=dict)  # over the catalog's
+    publish_results: Share = 1.0  # share of closed requests whose result the agency publishes to the reporter
+
+    @field_validator("crews", "deadlines")
+    @classmethod
+    def _categories(cls, value: dict) -> dict:
+        for code in value:
+            _known_category(code)
+        return value
+
+
+class FieldReportingSpec(Model):
+    problems: dict[str, ProblemKind] = Field(default_factory=_default_problems)
+    citizens: CitizenReporting = CitizenReporting()
+    organisation: OrganisationSpec = OrganisationSpec()
+
+    @model_validator(mode="after")
+    def _every_category_has_crews(self) -> "FieldReportingSpec":
+        missing = sorted({p.category for p in self.problems.values()} - set(self.organisation.crews))
+        if missing:
+            raise ValueError(f"organisation.crews: expected crews for every problem category; none for "
+                             f"{', '.join(missing)}")
+        return self
 
 
 # --- hazards ----------------------------------------------------------------------------------------
@@ -235,3 +471,13 @@ class Scenario(Model):
     demand: Demand = OdDemand(kind="od")
     hazards: HazardsSpec = HazardsSpec()
     kpi: KpiSpec = KpiSpec()
+    population: PopulationSpec | None = None  # residents as agents; needed by `demand: agents` and field reporting
+    field_reporting: FieldReportingSpec | None = None
+
+    @model_validator(mode="after")
+    def _population_where_needed(self) -> "Scenario":
+        if self.population is None and isinstance(self.demand, AgentDemand):
+            raise ValueError("population: required when demand.kind is agents")
+        if self.population is None and self.field_reporting is not None:
+            raise ValueError("population: required for field_reporting")
+        return self

@@ -19,6 +19,8 @@ def parse_duration(value: object) -> float:
         return float(value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
+        if text.startswith("-"):
+            raise ValueError(f"expected a positive duration such as 90s, 45min or 2h; got {value!r}")
         if re.fullmatch(r"\d+(\.\d+)?", text):
             return float(text)
         parts = _PART.findall(text)
