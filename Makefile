@@ -31,6 +31,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/engine_parity.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/citizens_1m.py
 
 clean:
 	rm -rf results .pytest_cache

@@ -25,7 +25,7 @@ def _write(tmp_path: Path, extra: str) -> Path:
 
 @pytest.mark.parametrize("extra, where, expected", [
     ("field_reporting:\n  organisation:\n    deadlines: {waste: -2h}\n",
-     "field_reporting.organisation.deadlines.waste", "expected a positive duration"),
+     "field_reporting.organisation.deadlines.waste", "not a negative one"),
     ("field_reporting:\n  organisation:\n    deadlines: {waste: -7200}\n",
      "field_reporting.organisation.deadlines.waste", "greater than 0"),
     ("field_reporting:\n  citizens:\n    channels: {app: 0.5, hotline: 0.3, web: 0.1}\n",

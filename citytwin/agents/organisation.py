@@ -247,6 +247,7 @@ class Organisation:
                                patience_mean=intake.caller_patience)
         self.requests: dict[int, tuple[Report, str]] = {}  # request id -> (report, problem id) as reported
         self.jobs: dict[str, simpy.PriorityStore] = {}  # per category, earliest deadline first
+        self._on_site: dict[str, simpy.Event] = {}  # problem id -> succeeds when the crew fixing it is done
         self._seq = itertools.count()
         self.depot = depot_node(ctx.city)
         self.crews = [Crew(ctx.model, f"{category}-{k}", category, crew_spec.shift, self.depot, self)
@@ -327,16 +328,36 @@ class Organisation:
         yield env.timeout(travel)
         crew.node = site
         port.start(rid, crew.name, env.now)
+        working = self._on_site.get(problem.id) if problem is not None else None
+        if working is not None:
+            # Another crew is fixing it right now (a second request about the same problem): leave it to
+            # them and close this request when their fix is done, rather than do the same work twice.
+            env.process(self._close(crew, job, False, after=working))
+            crew.jobs_done += 1
+            return
         fixed = False
         if problem is None or problem.active:
+            done = env.event()
+            if problem is not None:
+                self._on_site[problem.id] = done
             yield env.timeout(self.work_time(problem.kind if problem is not None else ""))
-            # False when another crew fixed it meanwhile (a second request about the same problem).
+            # False when it was fixed meanwhile by other means.
             fixed = problem is None or self.problems.fix(problem.id, env.now, crew.name, rid)
+            if problem is not None:
+                del self._on_site[problem.id]
+            done.succeed()
+        yield from self._close(crew, job, fixed)
+        crew.jobs_done += 1
+
+    def _close(self, crew: Crew, job: CrewJob, fixed: bool, *, after: simpy.Event | None = None):
+        """Resolve and close the request, with the result note when the agency publishes it."""
+        if after is not None:
+            yield after
+        port, now, rid = self.ctx.port, self.ctx.env.now, job.request_id
         published = self.rng.random() < self.spec.publish_results
         note = (result_note(job.report.category) if fixed else ALREADY_FIXED) if published else ""
-        port.resolve(rid, crew.name, env.now)
-        port.close(rid, crew.name, env.now, note)
-        crew.jobs_done += 1
+        port.resolve(rid, crew.name, now)
+        port.close(rid, crew.name, now, note)
 
     def work_time(self, kind: str) -> float:
         """Time on site: lognormal around the kind's mean service time with SERVICE_TIME_CV."""
