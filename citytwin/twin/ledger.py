@@ -107,6 +107,7 @@ class Ledger:
         self.path = Path(path) if path is not None else None
         self._flush_rows = flush_rows
         self._pending: list[pa.RecordBatch] = []
+        self._rows: list[dict[str, Any]] = []  # single events not yet in a batch
         self._pending_rows = 0
         self._written: list[pa.RecordBatch] = []  # kept in memory only when there is no path
         self._writer: pq.ParquetWriter | None = None
@@ -117,9 +118,19 @@ class Ledger:
         return self._seq
 
     def append(self, kind: str, t: float, subject: str = "", **fields: Any) -> None:
-        self.append_many(kind, [t], [subject], **{k: [v] for k, v in fields.items()})
+        """One event. Single rows are buffered as Python values and become one Arrow batch at the next
+        bulk append or flush: a batch per row would cost more than the agents that write them."""
+        self._check(kind, fields)
+        row = {name: (None if v is None else str(v)) if FIELDS[name] == pa.string() else v
+               for name, v in fields.items()}
+        row.update(seq=self._seq, t=float(t), kind=kind, subject=str(subject))
+        self._rows.append(row)
+        self._seq += 1
+        self._pending_rows += 1
+        if self._pending_rows >= self._flush_rows:
+            self.flush()
 
-    def append_many(self, kind: str, t: Iterable[float], subject: Iterable[str], **fields: Any) -> None:
+    def _check(self, kind: str, fields: dict[str, Any]) -> None:
         if self.closed:
             raise RuntimeError("the ledger is closed")
         allowed = KINDS.get(kind)
@@ -128,6 +139,15 @@ class Ledger:
         extra = set(fields) - set(allowed)
         if extra:
             raise KeyError(f"event kind {kind!r} has no field(s) {sorted(extra)}")
+
+    def _batch_rows(self) -> None:
+        if self._rows:
+            self._pending.append(pa.RecordBatch.from_pylist(self._rows, schema=SCHEMA))
+            self._rows = []
+
+    def append_many(self, kind: str, t: Iterable[float], subject: Iterable[str], **fields: Any) -> None:
+        self._check(kind, fields)
+        self._batch_rows()  # keep append order
         t = np.asarray(t, dtype=float)
         n = len(t)
         if n == 0:
@@ -156,9 +176,10 @@ class Ledger:
             self.flush()
 
     def flush(self) -> None:
+        self._batch_rows()
         if not self._pending:
             return
-        table = pa.Table.from_batches(self._pending, schema=SCHEMA)
+        table = pa.Table.from_batches(self._pending, schema=SCHEMA).combine_chunks()
         self._pending, self._pending_rows = [], 0
         if self.path is None:
             self._written.extend(table.to_batches())
@@ -186,6 +207,7 @@ class Ledger:
             if self._writer is not None and not self.closed:
                 raise RuntimeError("close the ledger before reading it back from disk")
             return read_ledger(self.path)
+        self._batch_rows()
         return pa.Table.from_batches(self._written + self._pending, schema=SCHEMA)
 
 
