@@ -179,7 +179,7 @@ class Ledger:
         self._batch_rows()
         if not self._pending:
             return
-        table = pa.Table.from_batches(self._pending, schema=SCHEMA).combine_chunks()
+        table = pa.Table.from_batches(self._pending, schema=SCHEMA)
         self._pending, self._pending_rows = [], 0
         if self.path is None:
             self._written.extend(table.to_batches())

@@ -59,6 +59,8 @@ class UXsimEngine:
         self._arrive = np.empty(0, float)
         self._node_names = [str(n) for n in city.nodes.ids]
         self._started = False
+        self._travel_times_at: tuple | None = None  # (time step, factors) the cached travel times are for
+        self._travel_times = np.empty(0)
 
     # --- trips ---------------------------------------------------------------------------------------
 
@@ -172,7 +174,12 @@ class UXsimEngine:
         if not self._started:
             return free
         idx = max(self._cpp.timestep - 1, 0)
-        return np.array([max(cl.get_traveltime_instant_np()[idx], f) for cl, f in zip(self._links, free)])
+        key = (idx, self._applied.tobytes())
+        if self._travel_times_at != key:  # each link's whole series is copied to read one value: once a step
+            self._travel_times = np.array([max(cl.get_traveltime_instant_np()[idx], f)
+                                           for cl, f in zip(self._links, free)])
+            self._travel_times_at = key
+        return self._travel_times.copy()
 
     # --- restrictions --------------------------------------------------------------------------------
 
