@@ -34,7 +34,8 @@ def write(name: str, figures: dict) -> Path:
 
 
 def run_measured(code: str) -> dict:
-    """Run Python `code` in a fresh process: its wall time, peak resident memory and the JSON it prints last."""
+    """Run Python `code` in a fresh process: its wall and CPU time, peak resident memory and the JSON it prints
+    last."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=REPO)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -42,6 +43,7 @@ def run_measured(code: str) -> dict:
     output = proc.stdout.read().decode().strip().splitlines()
     if status != 0:
         raise RuntimeError(f"benchmark child failed with status {status}")
-    return {"wall_s": round(wall, 2), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3), **json.loads(output[-1])}
+    return {"wall_s": round(wall, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_gb": round(usage.ru_maxrss / 1e6, 3), **json.loads(output[-1])}
 
 

@@ -8,7 +8,8 @@ with 1,000,000 residents and a 24 h run. Four measurements, each in a fresh proc
 2. The same run without the report (`run_scenario(..., write_report=False)`): the work time and peak
    memory, with the network build timed apart. This run also dumps the vehicle platoons the residents
    put on the roads, for 4.
-3. The same run under cProfile, summarised into phases (see `phase_summary` for the method).
+3. The same run under cProfile, summarised into phases (METHOD below says how); and once more with a
+   higher reporting propensity (--stress-propensity), to show how the reporting side grows.
 4. The peer on the same input: bare UXsim (C++ mode) running exactly the platoons of 2 on the same
    network with the same engine seed, without and with UXsim's default per-vehicle log. What citytwin
    costs beyond it is the people: population, trips, problems, reports, the IOC and the ledger.
@@ -16,12 +17,15 @@ with 1,000,000 residents and a 24 h run. Four measurements, each in a fresh proc
 Targets: ≤ 10 minutes and ≤ 12 GB for the CLI run on 2 cores.
 
     .venv/bin/python benchmarks/citizens_1m.py [--scenario scenarios/danang_pilot.yaml] [--residents 1000000]
+                                               [--stress-propensity 0.02]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pstats
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -81,16 +85,16 @@ def advance_to(self, t):
     engine_s.append(time.perf_counter() - t0)
 
 run_module.TrafficRecorder.add, run_module.build_city, run_module.UXsimEngine.advance_to = add, build, advance_to
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 if {profile}:
     import cProfile
     profiler = cProfile.Profile()
     r = profiler.runcall(run_module.run_scenario, sc, {out!r}, write_report=False)
-    work = time.perf_counter() - t
+    work, cpu = time.perf_counter() - t, time.process_time() - cpu
     profiler.dump_stats({pstats_path!r})
 else:
     r = run_module.run_scenario(sc, {out!r}, write_report=False)
-    work = time.perf_counter() - t
+    work, cpu = time.perf_counter() - t, time.process_time() - cpu
     origin, dest, depart = (np.concatenate(c) for c in zip(*batches))
     np.savez({platoons!r}, origin=origin, dest=dest, depart_t=depart)
 kinds = pq.read_table(r.ledger_path, columns=["kind"])["kind"].value_counts().to_pylist()
@@ -98,7 +102,7 @@ kinds = {{k["values"]: k["counts"] for k in kinds}}
 k, fr = r.kpis["kpis"], (r.kpis.get("field_reporting") or {{}}).get("kpis", {{}})
 value = lambda d, key: d[key]["value"] if key in d else None
 print(json.dumps({{
-    "work_s": work, "network_build_s": sum(city_s), "work_without_network_s": work - sum(city_s),
+    "work_s": work, "work_cpu_s": cpu, "network_build_s": sum(city_s), "work_without_network_s": work - sum(city_s),
     "engine_stepping_s": sum(engine_s),
     "residents": sc.population.residents, "person_trips": value(k, "person_trips_per_day"),
     "platoons": int(sum(len(b[0]) for b in batches)),
@@ -127,7 +131,7 @@ _, _, engine_seed = seed_streams(sc.seed)
 p = np.load({platoons!r})
 names = [str(n) for n in city.nodes.ids]
 step = sc.traffic.platoon_pcu * sc.traffic.reaction_time_s
-marks = [time.perf_counter()]
+marks, cpu = [time.perf_counter()], time.process_time()
 W = World(deltan=sc.traffic.platoon_pcu, reaction_time=sc.traffic.reaction_time_s, duo_update_time=sc.traffic.route_update,
           duo_noise=sc.traffic.route_noise, tmax=sc.duration + step, random_seed=engine_seed, print_mode=0,
           vehicle_logging_timestep_interval={logging}, cpp=True)
@@ -140,7 +144,7 @@ W.exec_simulation()
 marks.append(time.perf_counter())
 tt = W.analyzer.average_travel_time
 marks.append(time.perf_counter())
-print(json.dumps({{"work_s": marks[-1] - marks[0], "network_build_s": city_s, "world_s": marks[1] - marks[0],
+print(json.dumps({{"work_s": marks[-1] - marks[0], "work_cpu_s": time.process_time() - cpu, "network_build_s": city_s, "world_s": marks[1] - marks[0],
                   "add_vehicles_s": marks[2] - marks[1], "exec_simulation_s": marks[3] - marks[2],
                   "analysis_s": marks[4] - marks[3], "platoons": len(p["origin"]),
                   "platoons_completed": W.analyzer.trip_completed / W.DELTAN, "mean_travel_time_min": tt / 60.0}}))
@@ -214,7 +218,7 @@ _BY_MODULE = (
 
 def _where(filename: str) -> str:
     """A function's file relative to the repository or to site-packages ("" for builtins)."""
-    for root in (str(REPO) + "/", sysconfig.get_paths()["purelib"] + "/"):
+    for root in (sysconfig.get_paths()["purelib"] + "/", str(REPO) + "/"):  # the venv lies inside the repo
         if filename.startswith(root):
             return filename[len(root):]
     return filename
@@ -297,17 +301,29 @@ PEOPLE = ("population synthesis", "daily trips", "platoon loading", "problems (g
           "exposure, noticing and reporting (citizens)", "organisation and IOC port")
 
 
+def _code_version() -> dict:
+    """The commit measured, and the files that differed from it."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True).stdout.rstrip()
+    return {"commit": git("rev-parse", "--short", "HEAD"),
+            "modified": [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]}
+
+
+def _people_s(profile: dict) -> float:
+    return round(sum(r["seconds"] for r in profile["phases"] if r["phase"] in PEOPLE), 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", type=Path, default=PILOT)
     parser.add_argument("--residents", type=int, default=1_000_000)
     parser.add_argument("--stress-propensity", type=float, default=0.02, metavar="P",
-                        help="also profile the day with this mean reporting propensity (the schema's default, "
-                             "40 x the pilot's: about ten times the reports); 0 to skip")
+                        help="also profile the day with this mean reporting propensity (default: the schema's "
+                             "default, tens of times the pilot's); 0 to skip")
     args = parser.parse_args()
     overrides = {"population": {"residents": args.residents}, "duration": "24h"}
     stress = {**overrides, "field_reporting": {"citizens": {"propensity_mean": args.stress_propensity}}}
     OUT.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()[0]  # other work on the machine shows in the wall times
     stats_path, stress_path = OUT / "citizens_1m.pstats", OUT / "citizens_1m_stress.pstats"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -346,10 +362,13 @@ def main() -> None:
 
     profile = profile_figures(stats_path)
     profile["profiled_work_s"] = round(profiled["work_s"], 2)
-    print(f"where the time goes (cProfile, {profile['profiled_total_s']:.1f} s profiled):")
-    for row in profile["phases"]:
-        print(f"  {row['phase']:<52} {row['seconds']:7.2f} s {row['share_pct']:5.1f} %")
-    people = sum(r["seconds"] for r in profile["phases"] if r["phase"] in PEOPLE)
+    heavy = profile_figures(stress_path) if stressed is not None else None
+    print(f"where the time goes (cProfile): pilot ({profile['profiled_total_s']:.1f} s)"
+          + (f", propensity {args.stress_propensity} ({heavy['profiled_total_s']:.1f} s)" if heavy else ""))
+    for k, row in enumerate(profile["phases"]):
+        other = heavy["phases"][k] if heavy else None
+        print(f"  {row['phase']:<52} {row['seconds']:7.2f} s {row['share_pct']:5.1f} %"
+              + (f"   {other['seconds']:7.2f} s {other['share_pct']:5.1f} %" if other else ""))
     figures = {
         "scenario": str(scenario).replace(str(REPO) + "/", "") if args.scenario.resolve().is_file()
         else "equivalent of scenarios/danang_pilot.yaml (not found)",
@@ -362,16 +381,15 @@ def main() -> None:
         "citytwin_cli": cli, "citytwin_no_report": work, "uxsim_no_vehicle_log": bare, "uxsim_default": bare_log,
         # like for like: both sides without building the network from OSM (the same loader on both)
         "time_ratio_to_uxsim_no_log": work["work_without_network_s"] / bare["work_s"],
-        "people_side_profiled_s": round(people, 2), "people_side_phases": list(PEOPLE),
+        "people_side_phases": list(PEOPLE), "people_side_profiled_s": _people_s(profile),
         "profile": profile, "pstats": str(stats_path.relative_to(REPO)),
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "code": _code_version(),
     }
-    if stressed is not None:
-        heavy = profile_figures(stress_path)
+    if heavy is not None:
         heavy["profiled_work_s"] = round(stressed["work_s"], 2)
-        figures["reporting_stress"] = {"overrides": stress, "run": stressed, "profile": heavy,
-                                       "people_side_profiled_s": round(sum(
-                                           r["seconds"] for r in heavy["phases"] if r["phase"] in PEOPLE), 2),
-                                       "pstats": str(stress_path.relative_to(REPO))}
+        figures["reporting_stress"] = {"overrides": stress, "run": stressed, "people_side_profiled_s": _people_s(heavy),
+                                       "profile": heavy, "pstats": str(stress_path.relative_to(REPO))}
     write("citizens_1m", figures)
 
 

@@ -18,7 +18,7 @@ from citytwin.agents.exposure import Exposure
 from citytwin.agents.population import Population
 from citytwin.agents.problems import Problems
 from citytwin.twin.city.model import City
-from citytwin.twin.city.paths import _graph
+from citytwin.twin.city.paths import network_graph
 from citytwin.twin.city.synthetic import SyntheticParams, generate
 from citytwin.twin.ledger import Ledger, events
 from citytwin.twin.ports import InProcessPort, RequestView, new_ioc
@@ -152,7 +152,7 @@ def passing_pair(ex: Exposure, link: int) -> tuple[int, int]:
 def test_pass_sets_are_the_pairs_whose_shortest_path_uses_the_link_or_junction(city):
     rng = np.random.default_rng(0)
     ex = Exposure(city, population(city, np.arange(len(city.nodes))), home_radius_m=200.0)
-    dist, pred = dijkstra(_graph(city, ex._link_time), indices=ex.zones, return_predecessors=True)
+    dist, pred = dijkstra(network_graph(city, ex._link_time), indices=ex.zones, return_predecessors=True)
     link_of = {(int(s), int(d)): k for k, (s, d) in enumerate(zip(city.links.src, city.links.dst))}
     links = rng.choice(len(city.links), 25, replace=False)
     nodes = rng.choice(ex.zones, 10, replace=False)

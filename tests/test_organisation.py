@@ -29,7 +29,7 @@ from citytwin.agents.organisation import (
     is_result_note,
     result_note,
 )
-from citytwin.twin.city.paths import _graph
+from citytwin.twin.city.paths import network_graph
 from citytwin.twin.city.synthetic import SyntheticParams, generate
 from citytwin.twin.ledger import Ledger, events
 from citytwin.twin.ports import InProcessPort, Receipt, Report, new_ioc
@@ -323,7 +323,7 @@ def test_online_report_is_triaged_dispatched_fixed_and_closed_with_a_published_r
     assert len(travel) == 1 and travel.subject[0] == "road-damage-1" and travel.request_id[0] == rid
     assert travel.t[0] == st.t[1] == st.t[3] > 0
     w = ctx.engine.link_travel_times()
-    expected = dijkstra(_graph(city, w), indices=org.depot)[problem.node]
+    expected = dijkstra(network_graph(city, w), indices=org.depot)[problem.node]
     assert travel.travel_time_s[0] == pytest.approx(expected) and expected > 0
     assert st.t[4] == pytest.approx(travel.t[0] + expected)  # starts work on arrival
     # Fixed on the spot, then resolved and closed at the same moment.

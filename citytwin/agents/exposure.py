@@ -26,7 +26,7 @@ from scipy.sparse.csgraph import dijkstra
 from scipy.spatial import cKDTree
 
 from citytwin.twin.city.model import City
-from citytwin.twin.city.paths import _graph, zone_nodes
+from citytwin.twin.city.paths import network_graph, zone_nodes
 
 if TYPE_CHECKING:
     from .activities import PersonTrips
@@ -69,7 +69,7 @@ class Exposure:
         self.Z = len(self.zones)
         self.zone_of = self._zone_of(city)
         self._link_time = city.links.free_flow_s * (1.0 + _TIE_BREAK * _unit_hash(np.arange(len(city.links))))
-        graph = _graph(city, self._link_time)
+        graph = network_graph(city, self._link_time)
         self._from = np.atleast_2d(dijkstra(graph, indices=self.zones))  # Z x N: zone -> node
         self._to = np.atleast_2d(dijkstra(graph.T.tocsr(), indices=self.zones))  # Z x N: node -> zone
         self._zz = self._from[:, self.zones]  # Z x Z

@@ -21,7 +21,7 @@ from scipy.sparse.csgraph import dijkstra
 from simpy.resources.store import PriorityItem
 
 from citytwin.ioc.core.catalog import DEFAULT_CATALOG
-from citytwin.twin.city.paths import _graph, zone_nodes
+from citytwin.twin.city.paths import network_graph, zone_nodes
 from citytwin.twin.ports.base import Receipt, Report
 from citytwin.twin.scenario.schema import FieldReportingSpec, OperatorShift, OrganisationSpec, ProblemKind, Shift
 
@@ -375,7 +375,7 @@ class Organisation:
         # A link the engine reports no finite time for is taken at free flow; zero weights would vanish
         # from the sparse graph.
         times = np.maximum(np.where(np.isfinite(times), times, free), 1e-3)
-        t = float(dijkstra(_graph(city, times), indices=src)[dst])
+        t = float(dijkstra(network_graph(city, times), indices=src)[dst])
         if math.isfinite(t):
             return t
         dx = city.nodes.x[src] - city.nodes.x[dst]

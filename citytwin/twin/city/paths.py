@@ -9,7 +9,8 @@ from scipy.sparse.csgraph import connected_components, dijkstra
 from .model import City
 
 
-def _graph(city: City, weights: np.ndarray) -> csr_matrix:
+def network_graph(city: City, weights: np.ndarray) -> csr_matrix:
+    """The network as a sparse node-to-node matrix of `weights` (one value per link)."""
     n = len(city.nodes)
     # Parallel links: keep the fastest (csr sums duplicates, so take the minimum first).
     order = np.lexsort((weights, city.links.dst, city.links.src))
@@ -21,12 +22,12 @@ def _graph(city: City, weights: np.ndarray) -> csr_matrix:
 
 def free_flow_times(city: City, sources: np.ndarray) -> np.ndarray:
     """Free-flow travel time (s) from each source node to every node; inf where there is no path."""
-    return np.atleast_2d(dijkstra(_graph(city, city.links.free_flow_s), indices=np.asarray(sources)))
+    return np.atleast_2d(dijkstra(network_graph(city, city.links.free_flow_s), indices=np.asarray(sources)))
 
 
 def zone_nodes(city: City) -> np.ndarray:
     """Nodes of the largest strongly connected part of the network: any trip between them has a path."""
-    graph = _graph(city, np.ones(len(city.links)))
+    graph = network_graph(city, np.ones(len(city.links)))
     _, labels = connected_components(graph, directed=True, connection="strong")
     biggest = np.bincount(labels).argmax()
     return np.flatnonzero(labels == biggest)
