@@ -110,11 +110,6 @@ class Citizens:
     def start(self) -> None:
         self.ctx.env.process(self._hours())
 
-    @property
-    def reports(self) -> int:
-        """Reports filed or being filed so far."""
-        return self._reports
-
     # -- noticing --------------------------------------------------------------------------------------
     def _hours(self):
         env, ctx = self.ctx.env, self.ctx

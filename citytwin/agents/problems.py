@@ -9,12 +9,12 @@ low junction floods. Problems get their ids ("pb0", "pb1", ...) in the order the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from citytwin.twin.city.synthetic import georeference
 from citytwin.twin.scenario.schema import FieldReportingSpec, ProblemKind
 from citytwin.twin.traffic.engine import Restriction
 
@@ -24,9 +24,6 @@ if TYPE_CHECKING:  # the population module is another part of the agents; only i
     from .population import Population
 
 SEVERITY_FACTOR = (1.0, 2.0, 4.0)  # how much more readily serious and severe problems are noticed
-# Where a city without geography (TNTP) puts its local plane, so reports still carry WGS84 positions.
-_FALLBACK_ANCHOR = (108.2165, 16.0650)  # Hải Châu, Đà Nẵng
-_EARTH_RADIUS_M = 6_371_008.8
 
 
 @dataclass
@@ -69,6 +66,7 @@ class Problems:
         self._active: dict[str, Problem] = {}  # in start order
         self._restrictions: dict[str, list[str]] = {}  # problem id -> engine restriction keys
         self._flooded: dict[int, set[str]] = {}  # node -> its unfixed flood problems
+        self._lon, self._lat = _node_lonlat(ctx.city)
         # Told of each problem as it starts (the citizens, who may notice it within the hour).
         self.on_start: list[Callable[[Problem], None]] = []
 
@@ -223,20 +221,17 @@ class Problems:
         else:
             a = b = planned.node
             f = 0.0
-        x = float(nodes.x[a] + f * (nodes.x[b] - nodes.x[a]))
-        y = float(nodes.y[a] + f * (nodes.y[b] - nodes.y[a]))
-        lon = float(nodes.lon[a] + f * (nodes.lon[b] - nodes.lon[a]))
-        lat = float(nodes.lat[a] + f * (nodes.lat[b] - nodes.lat[a]))
-        if not (math.isfinite(lon) and math.isfinite(lat)):
-            lon, lat = _plane_to_lonlat(self.ctx.city, x, y)
-        return x, y, lon, lat
+
+        def at(values: np.ndarray) -> float:
+            return float(values[a] + f * (values[b] - values[a]))
+
+        return at(nodes.x), at(nodes.y), at(self._lon), at(self._lat)
 
 
-def _plane_to_lonlat(city, x: float, y: float) -> tuple[float, float]:
-    """A city without geography still needs WGS84 for the IOC: its plane around a fixed anchor."""
-    lon0, lat0 = _FALLBACK_ANCHOR
-    dx = x - (city.nodes.x.min() + city.nodes.x.max()) / 2
-    dy = y - (city.nodes.y.min() + city.nodes.y.max()) / 2
-    lat = lat0 + math.degrees(dy / _EARTH_RADIUS_M)
-    lon = lon0 + math.degrees(dx / (_EARTH_RADIUS_M * math.cos(math.radians(lat0))))
-    return lon, lat
+def _node_lonlat(city) -> tuple[np.ndarray, np.ndarray]:
+    """The junctions' WGS84 positions; a city without geography (TNTP) gets its plane placed around the
+    synthetic district's anchor (Hải Châu), so reports still carry positions the IOC accepts."""
+    nodes = city.nodes
+    if np.isfinite(nodes.lon).all() and np.isfinite(nodes.lat).all():
+        return nodes.lon, nodes.lat
+    return georeference(nodes.x, nodes.y)

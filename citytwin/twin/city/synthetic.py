@@ -173,7 +173,7 @@ def _assemble(b: _Builder, x: np.ndarray, y: np.ndarray, elevation: np.ndarray, 
     major_in = np.bincount(dst_a[major], minlength=n)
     through_in = np.bincount(dst_a[through], minlength=n)
     signalised = (major_in >= 3) | ((major_in >= 2) & (through_in >= 4))
-    lon, lat = _georeference(x, y, p)
+    lon, lat = georeference(x, y, p.anchor_lon, p.anchor_lat)
     nodes = make_nodes(b.ids, x, y, lon=lon, lat=lat, signalised=signalised, elevation_m=elevation)
     return City(
         name=p.name, source="synthetic", nodes=nodes, links=links,
@@ -194,10 +194,11 @@ def _zone_weights(links, n: int, x: np.ndarray, y: np.ndarray, p: SyntheticParam
 EARTH_RADIUS_M = 6_371_008.8
 
 
-def _georeference(x: np.ndarray, y: np.ndarray, p: SyntheticParams) -> tuple[np.ndarray, np.ndarray]:
+def georeference(x: np.ndarray, y: np.ndarray, anchor_lon: float = SyntheticParams.anchor_lon,
+                 anchor_lat: float = SyntheticParams.anchor_lat) -> tuple[np.ndarray, np.ndarray]:
     """Local tangent plane around the anchor: metres off the district centre to degrees (error < 1 m
     over a few km, far below what a map or a report position needs)."""
     dx, dy = x - (x.min() + x.max()) / 2, y - (y.min() + y.max()) / 2
-    lat = p.anchor_lat + np.degrees(dy / EARTH_RADIUS_M)
-    lon = p.anchor_lon + np.degrees(dx / (EARTH_RADIUS_M * np.cos(np.radians(p.anchor_lat))))
+    lat = anchor_lat + np.degrees(dy / EARTH_RADIUS_M)
+    lon = anchor_lon + np.degrees(dx / (EARTH_RADIUS_M * np.cos(np.radians(anchor_lat))))
     return lon, lat
