@@ -19,6 +19,11 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.installed
 
+# The benchmarks' peers (Locust) on top of the dev install.
+$(VENV)/.installed-bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
@@ -28,10 +33,15 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 -q
 
-bench: $(VENV)/.installed-dev
+bench: $(VENV)/.installed-bench
 	$(BIN)/python benchmarks/engine_parity.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/citizens_1m.py
+	$(BIN)/python benchmarks/devices_10k.py
+	$(BIN)/python benchmarks/devices_mqtt.py
+	$(BIN)/python benchmarks/drive_capacity.py
+	$(BIN)/python benchmarks/drive_honesty.py
+	$(BIN)/python benchmarks/drive_mqtt.py
 
 clean:
 	rm -rf results .pytest_cache

@@ -16,6 +16,7 @@ from citytwin.devices_sim.encoders import (
     BusPosition,
     CameraAlert,
     Noise,
+    RainGauge,
     TrafficFlow,
     WaterLevel,
 )
@@ -55,6 +56,7 @@ OBSERVATIONS = {
     "FloodMonitoring": st.builds(WaterLevel, **base, level_m=st.floats(-1000, 10000),
                                  warning_level_m=st.floats(-1000, 10000),
                                  warning_state=st.sampled_from(enc.FLOOD_RISK)),
+    "WeatherObserved": st.builds(RainGauge, **base, precipitation=nonneg),
     "Vehicle": st.builds(BusPosition, **base, speed=st.floats(0, 200), heading=st.floats(0, 360),
                          route_id=st.text(min_size=1, max_size=12)),
     "Alert": st.builds(CameraAlert, **base, category=st.sampled_from(enc.ALERT_CATEGORIES),
@@ -235,6 +237,8 @@ def test_bad_traffic_rejected(over, field):
     (lambda: Noise(**GOOD, laeq=60, lamax=math.inf), "lamax"),
     (lambda: WaterLevel(**GOOD, level_m=1.2, warning_level_m=1.0, warning_state="panic"), "warning_state"),
     (lambda: WaterLevel(**GOOD, level_m=math.nan, warning_level_m=1.0, warning_state="high"), "level_m"),
+    (lambda: RainGauge(**GOOD, precipitation=-0.5), "precipitation"),
+    (lambda: RainGauge(**GOOD, precipitation=math.nan), "precipitation"),
     (lambda: BusPosition(**GOOD, speed=-1, heading=0, route_id="R1"), "speed"),
     (lambda: BusPosition(**GOOD, speed=10, heading=400, route_id="R1"), "heading"),
     (lambda: BusPosition(**GOOD, speed=10, heading=10, route_id=""), "route_id"),
@@ -267,3 +271,19 @@ def test_decoders_reject_bad_documents():
                            "TrafficFlowObserved")
     with pytest.raises(ValueError, match="apikey"):
         enc.iota_topic("a/b", "det-1")
+
+
+def test_rain_gauge_is_weather_observed():
+    obs = RainGauge(**GOOD, precipitation=12.5)
+    doc = enc.to_ngsi_ld(obs)
+    assert doc["type"] == "WeatherObserved" and doc["@context"][0].endswith("dataModel.Weather/master/context.jsonld")
+    assert doc["precipitation"] == {"type": "Property", "value": 12.5, "observedAt": enc.iso(NOW), "unitCode": "MMT"}
+    assert doc["dateObserved"]["value"] == enc.iso(NOW)
+    weather = ldcontext.SDM + "dataModel.Weather/"
+    assert expanded(doc)[weather + "precipitation"]["value"] == 12.5
+    # the IOC names it the same whichever way it arrives (the Environment term stays for air stations)
+    assert ldcontext.DISPLAY.expand("precipitation") == weather + "precipitation"
+    assert "precipitation" in ldcontext.SDM_DOMAIN_TERMS["Environment"]
+    attrs, _ = enc.to_iota_json(obs)
+    assert attrs["precipitation"] == 12.5
+    assert enc.from_iota_json(json.loads(json.dumps(attrs)), "det-1", "WeatherObserved") == obs

@@ -7,7 +7,7 @@ import pytest
 import simpy
 
 from citytwin.twin.city.synthetic import SyntheticParams, generate
-from citytwin.twin.hazards import Hazards, Incident, Rain, _low_nodes, draw_incidents, draw_rain
+from citytwin.twin.hazards import Hazards, Incident, Rain, draw_incidents, low_nodes, draw_rain
 from citytwin.twin.kpi.traffic import hazard_kpis
 from citytwin.twin.ledger import Ledger, events
 from citytwin.twin.scenario.schema import VN_WEEKDAY_PROFILE, HazardsSpec
@@ -249,7 +249,7 @@ def test_downpour_floods_low_junctions_and_closes_their_links(city, downpour):
     df = table.to_pandas()
     floods = df[df["kind"] == "flood.start"]
     assert len(floods) >= 1
-    low, _ = _low_nodes(city, 0.1)
+    low, _ = low_nodes(city, 0.1)
     index = city.node_index()
     assert set(floods["subject"]) <= {city.nodes.ids[i] for i in low}
     assert floods["t"].min() > DOWNPOUR.start

@@ -238,3 +238,70 @@ def test_default_rules_on_air_and_noise():
 def test_rule_definitions_are_checked(make):
     with pytest.raises(ValueError):
         make()
+
+
+# -- street flood gauges (FloodMonitoring.currentLevel, what the twin's water-level devices report) ------------
+CURRENT = X("currentLevel")
+GAUGE = "urn:ngsi-ld:FloodMonitoring:wl-0001"
+
+
+def gauge(level: float, at: datetime, entity_id: str = GAUGE, entity_type: str = FLOOD) -> dict:
+    return {"id": entity_id, "type": entity_type,
+            CURRENT: {"type": "Property", "value": level, "observedAt": at.isoformat()},
+            LOCATION: {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [108.2, 16.05]}}}
+
+
+def test_flood_gauge_level_raises_above_10_cm_and_clears_below_5_cm():
+    ioc = IOC(MemoryStore(), rules=rules_by_id("flood-gauge-level"))
+    levels = [0.0, 0.04, 0.10, 0.11, 0.30, 0.06, 0.09, 0.12, 0.049, 0.02, 0.101]
+    changes = []
+    for step, level in enumerate(levels):
+        at = T0 + timedelta(minutes=5 * step)
+        changes.append([(a.status, a.value) for a in ioc.upsert([gauge(level, at)], at).alerts])
+    assert changes == [[], [], [], [(AlertStatus.RAISED, 0.11)], [], [], [], [], [(AlertStatus.CLEARED, 0.11)], [],
+                       [(AlertStatus.RAISED, 0.101)]]
+    first = ioc.alerts()[-1]
+    assert (first.rule_id, first.severity, first.category, first.kind, first.attribute, first.entity_id) == (
+        "flood-gauge-level", "high", "weather", "threshold", CURRENT, GAUGE)
+    assert first.cleared_at == T0 + timedelta(minutes=40) and (first.lon, first.lat) == (108.2, 16.05)
+
+
+def test_flood_gauge_rules_are_for_flood_monitoring_only():
+    ioc = IOC(MemoryStore(), rules=rules_by_id("flood-gauge-level", "flood-gauge-rise"))
+    other = "urn:ngsi-ld:WaterQualityObserved:w1"
+    ioc.upsert([gauge(0.0, T0, other, X("WaterQualityObserved"))], T0)
+    assert ioc.upsert([gauge(0.5, T0 + timedelta(minutes=1), other, X("WaterQualityObserved"))], T0).alerts == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.05, 0.10), min_size=1, max_size=30))
+def test_flood_gauge_level_does_not_flap_between_its_levels(levels):
+    ioc = IOC(MemoryStore(), rules=rules_by_id("flood-gauge-level"))
+    ioc.upsert([gauge(0.2, T0)], T0)
+    for step, level in enumerate(levels, start=1):
+        at = T0 + timedelta(minutes=5 * step)
+        ioc.upsert([gauge(level, at)], at)
+    assert len(ioc.alerts()) == 1 and len(active(ioc)) == 1
+
+
+def test_flood_gauge_rise_is_a_rate_over_observation_times():
+    ioc = IOC(MemoryStore(), rules=rules_by_id("flood-gauge-rise"))
+    ioc.upsert([gauge(0.00, T0)], T0)
+    # 4 cm in 5 min = 0.008 m/min: under the limit
+    assert ioc.upsert([gauge(0.04, T0 + timedelta(minutes=5))], T0).alerts == []
+    # 8 cm in 5 min = 0.016 m/min
+    [raised] = ioc.upsert([gauge(0.12, T0 + timedelta(minutes=10))], T0).alerts
+    assert (raised.rule_id, raised.kind, raised.category, raised.value) == ("flood-gauge-rise", "rate", "weather", 0.12)
+    # a late reading from before (out of order) says nothing about the trend
+    assert ioc.upsert([gauge(0.05, T0 + timedelta(minutes=7))], T0).alerts == []
+    assert ioc.upsert([gauge(0.16, T0 + timedelta(minutes=15))], T0).alerts == []  # still rising
+    [cleared] = ioc.upsert([gauge(0.15, T0 + timedelta(minutes=20))], T0 + timedelta(minutes=20)).alerts
+    assert cleared.id == raised.id and cleared.status == AlertStatus.CLEARED
+
+
+def test_default_flood_gauge_limits():
+    by_id = {rule.rule_id: rule for rule in DEFAULT_RULES}
+    level, rise = by_id["flood-gauge-level"], by_id["flood-gauge-rise"]
+    assert (level.attribute, level.entity_type, level.raise_above, level.clear_below) == (CURRENT, FLOOD, 0.10, 0.05)
+    assert (level.severity, level.category) == ("high", "weather")
+    assert (rise.attribute, rise.entity_type, rise.max_per_min, rise.category) == (CURRENT, FLOOD, 0.01, "weather")

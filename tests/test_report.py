@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from citytwin.twin.city.model import City, make_links, make_nodes
+from citytwin.twin.kpi.devices import device_kpis
 from citytwin.twin.kpi.field_reporting import field_reporting_kpis
 from citytwin.twin.ledger import KINDS, Ledger
 from citytwin.twin.report.figures import clock_label, parse_clock
@@ -239,6 +240,7 @@ def test_report_without_field_reporting_has_no_section(tmp_path):
     html = write_report(tmp_path / "r.html", city=city, ledger=busy_ledger(city), kpis=kpis_for()).read_text(
         encoding="utf-8")
     assert "field-reporting" not in html
+    assert 'id="devices"' not in html  # nor a devices section without devices
 
 
 def test_field_reporting_section_with_no_reports(tmp_path):
@@ -267,3 +269,76 @@ def test_problem_positions():
     assert (x[1], y[1]) == (100.0, 100.0)  # junction n11
     assert (x[2], y[2]) == (300.0, 300.0)  # nearest node to its lon/lat: n33
     assert np.isnan(x[3]) and np.isnan(y[3])
+
+
+# -- devices ---------------------------------------------------------------------------------------------
+
+def device_ledger(city: City):
+    """Busy traffic plus a small device network: a camera at n00 seeing L0-L3 (it recognises the crash on L3)
+    with its counting companion, a detector on L6, an air sensor, a bus on L8/L9 and a water-level gauge at
+    n10, whose junction floods at 6500 after the IOC raised its level alert at 6000."""
+    ledger = Ledger()
+    for row in busy_ledger(city).to_pylist():
+        kind = row.pop("kind")
+        fields = {k: v for k, v in row.items() if k in KINDS[kind] and v is not None}
+        ledger.append(kind, row["t"], row["subject"], **fields)
+
+    def install(device, device_type, interval, node=None, link=None, covers=(), fleet=None):
+        ledger.append("device.installed", 0.0, device, device_type=device_type, fleet=fleet or device[:3], node=node,
+                      link=link, lon=None, lat=None, interval_s=interval, covers=" ".join(covers))
+
+    install("cam-0000", "camera", 60.0, node="n00", link="L0", covers=["L0", "L1", "L2", "L3"])
+    install("cam-0000-flow", "detector", 300.0, link="L0", covers=["L0"], fleet="cam")
+    install("det-0000", "detector", 300.0, link="L6", covers=["L6"])
+    install("air-0000", "air", 900.0, node="n01", covers=["n01", "n02"])
+    install("bus-r1-000", "bus", 30.0, covers=["L8", "L9"])
+    install("wl-0000", "water_level", 300.0, node="n10", covers=["n10"])
+    for k in range(1, 48):
+        t = 300.0 * k
+        for device, link in (("cam-0000-flow", "L0"), ("det-0000", "L6")):
+            if device == "det-0000" and k % 7 == 0:
+                continue  # dropouts
+            ledger.append("device.reading", t + 2.0, device, device_type="detector", fleet=device[:3], observed_t=t,
+                          fault="", link=link, node=None, value=30.0)
+        level = max(0.0, (t - 4800.0) / 6000.0)  # rises from 4800 s and passes 0.10 m at 5400 s
+        ledger.append("device.reading", t + 1.0, "wl-0000", device_type="water_level", fleet="wl", observed_t=t,
+                      fault="stuck" if k == 30 else "", link=None, node="n10", value=level)
+    for t in range(3600, 7200, 30):
+        ledger.append("device.reading", t + 1.0, "bus-r1-000", device_type="bus", fleet="bus", observed_t=float(t),
+                      fault="", link="L8" if t < 5400 else "L9", node=None, value=20.0)
+    ledger.append("camera.alert", 6240.0, "cam-0000", fleet="cam", cause="incident", link="L3", node="n00",
+                  truth_t=6000.0, observed_t=6200.0)
+    ledger.append("camera.alert", 7300.0, "cam-0000", fleet="cam", cause="congestion", link="L1", node="n00",
+                  truth_t=7200.0, observed_t=7280.0)
+    ledger.append("ioc.alert", 6000.0, "urn:ngsi-ld:FloodMonitoring:wl-0000", rule="flood-gauge-level",
+                  category="weather", status="raised", value=0.2)
+    ledger.append("ioc.alert", 6240.0, "urn:ngsi-ld:Alert:cam-0000-1", rule="camera-event", category="traffic",
+                  status="raised", value=None)
+    return ledger.table()
+
+
+def test_report_devices_section(tmp_path):
+    city = grid_city()
+    ledger = device_ledger(city)
+    kpis = kpis_for()
+    kpis["devices"] = device_kpis(ledger, city, duration_s=kpis["duration_s"], freshness_s=600.0,
+                                  flood_prone=np.array([city.node_index()["n10"], city.node_index()["n11"]]))
+    html = write_report(tmp_path / "r.html", city=city, ledger=ledger, kpis=kpis).read_text(encoding="utf-8")
+    assert '<section id="devices">' in html and "<h2>Devices</h2>" in html
+    section = html.split('<section id="devices">', 1)[1].split("</section>", 1)[0]
+    # the national indicators lead the table, each with its target and whether the run met it
+    first_row = section.split("<tr", 2)[2]
+    assert "L2.N2.PN2.01" in first_row and ">50 %<" in first_row and ">not met<" in first_row  # 4 of 36 links
+    assert "L2.N1.PN2.01" in section and "L2.N3.PN1.03" in section and "L2.N3.PN1.05" in section
+    assert ">met<" in section  # water: the gauge covers one of the two flood-prone junctions
+    for text in ("Map of device sites and camera coverage", "Real-time traffic information over the run",
+                 "Completeness by device type", "Incident and congestion detection times", "Flood-warning lead times",
+                 "Water level at the gauges", "Floods at gauged junctions", "Messages by device type",
+                 "IOC alerts by category", "Camera alerts by cause", "flood-gauge-level", "water level"):
+        assert text in section, text
+    assert len(images(section)) == 6
+    assert all(png.startswith(PNG_SIGNATURE) for png in images(html))
+    floods = section.split("<h3>Floods at gauged junctions</h3>", 1)[1].split("</table>", 1)[0]
+    # flooded 06:00 + 6500 s, warned at 6000 s: 500 s ahead
+    assert ">n10<" in floods and ">wl-0000<" in floods and ">07:48<" in floods and ">07:40<" in floods
+    assert ">8.33<" in floods

@@ -10,6 +10,7 @@ TrafficFlow         TrafficFlowObserved     dataModel.Transportation
 AirQuality          AirQualityObserved      dataModel.Environment
 Noise               NoiseLevelObserved      dataModel.Environment
 WaterLevel          FloodMonitoring         dataModel.Weather (as the IOC's `ldcontext` knows it)
+RainGauge           WeatherObserved         dataModel.Weather
 BusPosition         Vehicle                 dataModel.Transportation
 CameraAlert         Alert                   dataModel.Alert
 ==================  ======================  =====================================================
@@ -47,6 +48,7 @@ GP = "GP"     # milligram per cubic metre
 DB = "2N"     # decibel
 MTR = "MTR"   # metre
 DD = "DD"     # degree (angle)
+MMT = "MMT"   # millimetre
 
 FLOOD_RISK = ("none", "low", "moderate", "high", "severe")
 ALERT_CATEGORIES = ("traffic", "naturalDisaster", "weather", "environment", "health", "security",
@@ -213,6 +215,19 @@ class WaterLevel(Observation):
 
 
 @dataclass(frozen=True)
+class RainGauge(Observation):
+    """Rain at a gauge: the precipitation over the sampling interval ending at `observed_at`."""
+
+    precipitation: float  # mm over the interval
+
+    ENTITY_TYPE: ClassVar[str] = "WeatherObserved"
+    DOMAIN: ClassVar[str] = "Weather"
+    FIELDS: ClassVar[tuple[Field, ...]] = (
+        Field("precipitation", "precipitation", "float", MMT, 0.0),
+    )
+
+
+@dataclass(frozen=True)
 class BusPosition(Observation):
     speed: float    # km/h
     heading: float  # degrees clockwise from north, [0, 360]
@@ -252,11 +267,13 @@ class CameraAlert(Observation):
         return {"alertSource": f"urn:ngsi-ld:Device:{self.device_id}"}
 
 
-KINDS: tuple[type[Observation], ...] = (TrafficFlow, AirQuality, Noise, WaterLevel, BusPosition, CameraAlert)
+KINDS: tuple[type[Observation], ...] = (TrafficFlow, AirQuality, Noise, WaterLevel, RainGauge, BusPosition,
+                                        CameraAlert)
 BY_TYPE: dict[str, type[Observation]] = {kind.ENTITY_TYPE: kind for kind in KINDS}
 # What each model's entities always carry (besides id, type, @context).
 _CONSTANTS = {"TrafficFlowObserved": ("dateObserved",), "AirQualityObserved": ("dateObserved",),
               "NoiseLevelObserved": ("dateObserved",), "FloodMonitoring": ("dateObserved",),
+              "WeatherObserved": ("dateObserved",),
               "Vehicle": ("vehicleType",), "Alert": ("alertSource",)}
 REQUIRED: dict[str, tuple[str, ...]] = {
     kind.ENTITY_TYPE: ("location",) + tuple(spec.attr for spec in kind.FIELDS) + _CONSTANTS[kind.ENTITY_TYPE]
@@ -447,7 +464,7 @@ def from_iota_json(attrs: Mapping[str, Any], device: str, entity_type: str) -> O
 
 
 __all__ = [
-    "Observation", "TrafficFlow", "AirQuality", "Noise", "WaterLevel", "BusPosition", "CameraAlert",
+    "Observation", "TrafficFlow", "AirQuality", "Noise", "WaterLevel", "RainGauge", "BusPosition", "CameraAlert",
     "KINDS", "BY_TYPE", "REQUIRED", "FLOOD_RISK", "ALERT_CATEGORIES", "ALERT_SEVERITIES",
     "context_of", "entity_id", "iso", "parse_iso", "to_ngsi_ld", "from_ngsi_ld",
     "iota_topic", "to_iota_json", "from_iota_json",

@@ -44,8 +44,8 @@ def add_ioc_parser(verbs: argparse._SubParsersAction) -> None:
                                        "OpenAPI at /docs.")
     _db_option(serve)
     serve.add_argument("--mqtt", default=None, metavar="URL",
-                       help="MQTT broker to ingest device telemetry from, e.g. mqtt://127.0.0.1:1883 "
-                            "(default: no MQTT)")
+                       help="MQTT broker to ingest device telemetry from and publish alerts to "
+                            "(citytwin/alerts/{category}), e.g. mqtt://127.0.0.1:1883 (default: no MQTT)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8311, help="port to listen on (default: 8311)")
     serve.add_argument("--scenario", type=Path, default=None, metavar="FILE",

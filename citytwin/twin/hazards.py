@@ -107,7 +107,8 @@ class Hazards:
         self.on_flood = on_flood  # told of each junction that floods (node index, time): a problem to report
         self.incidents, self.rain = incidents, rain
         self._raining: list[Rain] = []
-        self._low, self._concentration = _low_nodes(city, spec.rain.low_node_share)
+        self._active: dict[int, Incident] = {}  # incidents under way, by their index in `incidents`
+        self._low, self._concentration = low_nodes(city, spec.rain.low_node_share)
         self._depth = np.zeros(len(self._low))
         self._flooded = np.zeros(len(self._low), bool)
         self._flooded_ends = np.zeros(len(city.links), np.int64)  # flooded junctions at each link's ends
@@ -120,6 +121,25 @@ class Hazards:
         if self.rain and len(self._low):
             self.env.process(self._floods())
 
+    # -- what devices can observe (the state now) -------------------------------------------------------
+    def active_incidents(self) -> list[tuple[int, Incident]]:
+        """(index, incident) of the incidents under way, in the order they began."""
+        return sorted(self._active.items())
+
+    def rain_mm_h(self) -> float:
+        return float(sum(r.intensity_mm_h for r in self._raining))
+
+    def water_depth_m(self) -> np.ndarray:
+        """Standing water at every junction (0 where the ground never floods), as of the last flood step."""
+        depth = np.zeros(len(self.city.nodes))
+        depth[self._low] = self._depth
+        return depth
+
+    def flooded_nodes(self) -> np.ndarray:
+        flooded = np.zeros(len(self.city.nodes), bool)
+        flooded[self._low] = self._flooded
+        return flooded
+
     def _now(self) -> float:
         self.engine.advance_to(self.env.now)
         return self.env.now
@@ -128,10 +148,12 @@ class Hazards:
         yield self.env.timeout(inc.start)
         link_id = self.city.links.ids[inc.link]
         self.engine.restrict(f"incident:{k}", Restriction(inc.link, capacity_factor=inc.capacity_factor))
+        self._active[k] = inc
         self.ledger.append("incident.start", self._now(), link_id, cause=inc.cause,
                            capacity_factor=inc.capacity_factor, duration_s=inc.duration)
         yield self.env.timeout(inc.duration)  # past the end of the run, the incident simply stays open
         self.engine.lift(f"incident:{k}")
+        del self._active[k]
         self.ledger.append("incident.end", self._now(), link_id, cause=inc.cause)
 
     def _rain(self, rain: Rain):
@@ -189,7 +211,15 @@ class Hazards:
                     self.ledger.append("link.reopened", now, self.city.links.ids[link], cause="flood")
 
 
-def _low_nodes(city: City, share: float) -> tuple[np.ndarray, np.ndarray]:
+def flood_prone(city: City, share: float) -> np.ndarray:
+    """Bool per junction: the lowest-lying `share` of them, the ones rain can flood (what drainage and
+    flood monitoring have to cover)."""
+    mask = np.zeros(len(city.nodes), bool)
+    mask[low_nodes(city, share)[0]] = True
+    return mask
+
+
+def low_nodes(city: City, share: float) -> tuple[np.ndarray, np.ndarray]:
     """The lowest-lying junctions and how strongly runoff concentrates at each (2x to 6x rainfall)."""
     n = int(round(share * len(city.nodes)))
     if n == 0:

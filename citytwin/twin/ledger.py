@@ -64,6 +64,16 @@ FIELDS: dict[str, pa.DataType] = {
     "wait_s": pa.float64(),
     "satisfaction": pa.float64(),  # 1-5
     "crew": pa.string(),
+    # devices: what is installed where, what each delivers, and what goes wrong with it
+    "device_type": pa.string(),  # detector | camera | air | noise | water_level | rain_gauge | bus
+    "fleet": pa.string(),  # the scenario's fleet name
+    "interval_s": pa.float64(),  # sampling interval
+    "covers": pa.string(),  # space-separated link ids (cameras, detectors) or node ids (environment, water)
+    "observed_t": pa.float64(),  # when the device sampled, by its own clock (skew included)
+    "fault": pa.string(),  # "" or the fault the delivered reading carries: stuck, drift, burst, duplicate, late
+    "truth_t": pa.float64(),  # when the ground truth a camera alert is about began
+    "rule": pa.string(),  # the IOC rule that raised or cleared an alert
+    "value": pa.float64(),  # a reading's headline value (speed km/h, PM2.5, LAeq, water level m, rain mm/h)
 }
 
 # The kinds the twin writes, each with the fields it fills: the ledger's data dictionary.
@@ -94,6 +104,14 @@ KINDS: dict[str, tuple[str, ...]] = {
     "report.checked": ("status", "request_id"),
     "report.feedback": ("satisfaction", "published", "request_id", "duration_s"),
     "report.given_up": ("request_id", "duration_s"),
+    "device.installed": ("device_type", "fleet", "node", "link", "lon", "lat", "interval_s", "covers"),
+    # t: when the IOC received it; subject: the device; link/node: where the reading is about
+    "device.reading": ("device_type", "fleet", "observed_t", "fault", "link", "node", "value"),
+    "device.fault": ("device_type", "fleet", "cause", "duration_s"),  # t: start; duration NaN: for good
+    # a camera's analytics detected an event and its alert reached the IOC (t); cause: incident,
+    # congestion, violation or flood; truth_t: when the event began
+    "camera.alert": ("fleet", "cause", "link", "node", "truth_t", "observed_t"),
+    "ioc.alert": ("rule", "category", "status", "value"),  # subject: the entity; status raised | cleared
 }
 
 BASE = (("seq", pa.int64()), ("t", pa.float64()), ("kind", pa.string()), ("subject", pa.string()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ from .city import build_city
 from .city.model import City
 from .city.paths import od_free_flow
 from .clock import virtual_clock
-from .hazards import Hazards, draw_incidents, draw_rain
+from .hazards import Hazards, draw_incidents, draw_rain, flood_prone
 from .kpi.field_reporting import field_reporting_kpis
 from .kpi.population import person_trip_kpis
 from .kpi.traffic import hazard_kpis, traffic_kpis
@@ -117,51 +118,25 @@ class TrafficRecorder:
 
 
 def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = None,
-                 progress=None, write_report: bool = True) -> RunResult:
-    """Run `scenario` and write ledger.parquet, kpis.json and report.html into `out_dir`."""
+                 progress=None, write_report: bool = True, source: str = "scenario") -> RunResult:
+    """Run `scenario` and write ledger.parquet, kpis.json and report.html into `out_dir`. `source` names
+    the scenario file in messages about input that only the city can check (a device on a missing link)."""
     seed = scenario.seed if seed is None else seed
-    demand_rng, hazard_rng, engine_seed = seed_streams(seed)
-    city = build_city(scenario.city)
-    tr = scenario.traffic
-    duration = scenario.duration
-    trips = scenario_demand(scenario, city, demand_rng)
+    city, trips = load_inputs(scenario, seed, source)
     out = Path(out_dir)  # created only once the inputs have loaded: bad input leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
-
     ledger = Ledger(out / "ledger.parquet")
-    ledger.append("run.start", 0.0, scenario.name, cause=f"seed={seed}")
-    engine = UXsimEngine(city, horizon_s=duration, platoon_pcu=tr.platoon_pcu, reaction_time_s=tr.reaction_time_s,
-                         route_update_s=tr.route_update, route_noise=tr.route_noise,
-                         seed=engine_seed)
-    env = virtual_clock()
-    people = _people(scenario, env, city, engine, ledger, seed) if scenario.population is not None else None
-    vehicles_per_trip = people.vehicles_per_platoon if people is not None else tr.platoon_pcu / tr.mean_pcu
-    recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=vehicles_per_trip,
-                               pcu_per_trip=float(tr.platoon_pcu))
-    if people is not None:
-        people.add_platoons = recorder.add
-        people.start()
-    incidents = draw_incidents(city, scenario.hazards, start_s=scenario.start, duration_s=duration,
-                               hourly_weights=_hourly_weights(scenario), rng=hazard_rng)
-    rain = draw_rain(scenario.hazards, start_s=scenario.start, duration_s=duration, rng=hazard_rng)
-    Hazards(env, city, engine, ledger, scenario.hazards, incidents, rain,
-            on_flood=people.on_flood if people is not None else None).start()
-
+    twin = build_twin(scenario, virtual_clock(), city, trips, ledger, seed)
+    duration = scenario.duration
     interrupted = False
     with progress or nullcontext() as bar:
         task = bar.add_task(f"{scenario.name}: simulating", total=duration) if bar else None
         on_progress = (lambda t: bar.update(task, completed=t)) if bar else (lambda t: None)
-        env.process(recorder.process(env, tr.chunk, tr.snapshot, duration, on_progress))
         try:
-            env.run(until=duration + 1e-6)
-            engine.advance_to(duration)
+            twin.run(duration, on_progress)
         except KeyboardInterrupt:  # keep what was simulated: the ledger up to here is complete
             interrupted = True
-    end = engine.time
-    recorder.finish(end)
-    ledger.append("run.end", end, scenario.name, duration_s=end)
-    ledger.close()
-    engine.close()
+    twin.finish()
     if interrupted:
         raise KeyboardInterrupt
 
@@ -173,6 +148,83 @@ def run_scenario(scenario: Scenario, out_dir: str | Path, *, seed: int | None = 
 
         render(out / "report.html", city=city, ledger=table, kpis=kpis, title=scenario.name)
     return RunResult(out_dir=out, kpis=kpis, city=city)
+
+
+def load_inputs(scenario: Scenario, seed: int, source: str = "scenario") -> tuple[City, TripBatch]:
+    """The city and the demand: everything bad input can break, done before anything is written."""
+    city = build_city(scenario.city)
+    if scenario.devices is not None:
+        from citytwin.devices_sim.placement import check_sites
+
+        check_sites(scenario.devices, city, source)
+    demand_rng, _, _ = seed_streams(seed)
+    return city, scenario_demand(scenario, city, demand_rng)
+
+
+@dataclass
+class Twin:
+    """Everything a run puts on its clock: traffic, hazards, people and devices, recording to the ledger."""
+
+    scenario: Scenario
+    env: simpy.Environment
+    city: City
+    engine: UXsimEngine
+    ledger: Ledger
+    recorder: TrafficRecorder
+    hazards: Hazards
+    people: object | None
+    devices: object | None
+
+    def run(self, until: float, on_progress: Callable[[float], None] = lambda t: None) -> None:
+        tr = self.scenario.traffic
+        self.env.process(self.recorder.process(self.env, tr.chunk, tr.snapshot, until, on_progress))
+        self.env.run(until=until + 1e-6)
+        self.engine.advance_to(until)
+
+    def finish(self) -> None:
+        """Close the record where the run stopped (at its end, or where it was interrupted)."""
+        end = self.engine.time
+        if self.devices is not None:
+            self.devices.finish()
+        self.recorder.finish(end)
+        self.ledger.append("run.end", end, self.scenario.name, duration_s=end)
+        self.ledger.close()
+        self.engine.close()
+
+
+def build_twin(scenario: Scenario, env: simpy.Environment, city: City, trips: TripBatch, ledger: Ledger, seed: int,
+               *, device_transport=None, device_epoch=None, device_lead_s: float = 0.0) -> Twin:
+    """The run's world on `env`: a virtual clock for `citytwin run`, a wall clock for `citytwin drive`.
+    `device_transport(spec, ioc, runners, epoch=, clock=)` carries the devices' messages (default: the
+    scenario's own transport); `device_epoch` is the date of t = 0 on their clocks."""
+    _, hazard_rng, engine_seed = seed_streams(seed)
+    tr = scenario.traffic
+    duration = scenario.duration
+    ledger.append("run.start", 0.0, scenario.name, cause=f"seed={seed}")
+    engine = UXsimEngine(city, horizon_s=duration, platoon_pcu=tr.platoon_pcu, reaction_time_s=tr.reaction_time_s,
+                         route_update_s=tr.route_update, route_noise=tr.route_noise,
+                         seed=engine_seed)
+    people = _people(scenario, env, city, engine, ledger, seed) if scenario.population is not None else None
+    vehicles_per_trip = people.vehicles_per_platoon if people is not None else tr.platoon_pcu / tr.mean_pcu
+    recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=vehicles_per_trip,
+                               pcu_per_trip=float(tr.platoon_pcu))
+    if people is not None:
+        people.add_platoons = recorder.add
+        people.start()
+    incidents = draw_incidents(city, scenario.hazards, start_s=scenario.start, duration_s=duration,
+                               hourly_weights=_hourly_weights(scenario), rng=hazard_rng)
+    rain = draw_rain(scenario.hazards, start_s=scenario.start, duration_s=duration, rng=hazard_rng)
+    hazards = Hazards(env, city, engine, ledger, scenario.hazards, incidents, rain,
+                      on_flood=people.on_flood if people is not None else None)
+    hazards.start()
+    devices = None
+    if scenario.devices is not None:
+        ioc = people.ctx.port.ioc if people is not None else None
+        devices = _devices(scenario, env, city, engine, hazards, ledger, seed, ioc,
+                           vehicles_per_pcu=vehicles_per_trip / tr.platoon_pcu, transport=device_transport,
+                           epoch=device_epoch, lead_s=device_lead_s)
+    return Twin(scenario=scenario, env=env, city=city, engine=engine, ledger=ledger, recorder=recorder,
+                hazards=hazards, people=people, devices=devices)
 
 
 def _people(scenario: Scenario, env: simpy.Environment, city: City, engine: TrafficEngine, ledger: Ledger,
@@ -190,6 +242,37 @@ def _people(scenario: Scenario, env: simpy.Environment, city: City, engine: Traf
     ctx = AgentContext(env=env, model=None, city=city, engine=engine, ledger=ledger, port=port,
                        start_s=scenario.start, duration_s=scenario.duration)
     return CityModel(scenario, ctx, streams)
+
+
+def _devices(scenario: Scenario, env: simpy.Environment, city: City, engine: TrafficEngine, hazards: Hazards,
+             ledger: Ledger, seed: int, ioc, *, vehicles_per_pcu: float, transport=None, epoch=None,
+             lead_s: float = 0.0):
+    """The device fleet, sampling this run's world and feeding the IOC the people report to (or one of its
+    own) over the scenario's transport."""
+    from citytwin.devices_sim.network import DeviceNetwork, build_runners, connect
+    from citytwin.devices_sim.world import TwinWorld
+
+    from .ports import new_ioc
+    from .ports.inprocess import EPOCH_DATE
+
+    spec = scenario.devices
+    epoch = epoch or EPOCH_DATE + timedelta(seconds=scenario.start)
+    if ioc is None:
+        ioc = new_ioc(np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(5,))))
+    runners = build_runners(spec, city, seed=seed, epoch=epoch, start_s=scenario.start, hazards=scenario.hazards,
+                            flood_prone=flood_prone(city, scenario.hazards.rain.low_node_share))
+
+    def sync() -> None:
+        engine.advance_to(env.now)
+
+    world = TwinWorld(city, engine, hazards, vehicles_per_pcu=vehicles_per_pcu,
+                      now=lambda: (sync(), env.now)[1])
+    connect_to = transport or connect
+    carrier = connect_to(spec, ioc, runners, epoch=epoch, clock=lambda: env.now)
+    network = DeviceNetwork(env, runners, world, ledger, carrier, city, duration_s=scenario.duration, sync=sync,
+                            ngsi_ld=getattr(carrier, "wants_ngsi_ld", spec.transport == "http"), lead_s=lead_s)
+    network.start()
+    return network
 
 
 def _hourly_weights(scenario: Scenario) -> np.ndarray:
@@ -238,4 +321,12 @@ def compute_kpis(table, city: City, scenario: Scenario, seed: int) -> dict:
     reporting = field_reporting_kpis(table, start_s=scenario.start, duration_s=scenario.duration)
     if reporting is not None:
         out["field_reporting"] = reporting
+    if scenario.devices is not None:
+        from .kpi.devices import device_kpis
+
+        devices = device_kpis(table, city, duration_s=scenario.duration, freshness_s=scenario.devices.freshness,
+                              flood_prone=flood_prone(city, scenario.hazards.rain.low_node_share))
+        if devices is not None:
+            out["devices"] = devices
     return out
+

@@ -303,6 +303,16 @@ def _rules() -> tuple[Rule, ...]:
                       severity="medium", category="traffic", label="occupancy"),
         RateRule("flood-rise-rate", x("waterLevel"), max_per_min=0.05, clear_per_min=0.0, severity="high",
                  category="weather", label="water level", unit=" m"),
+        # Street flood gauges (Smart Data Models FloodMonitoring.currentLevel, m of water over the road):
+        # 10 cm is where motorbikes, most of Đà Nẵng's traffic, start to stall; clear only once it is back
+        # under 5 cm, so a gauge reading ±5 mm around the limit does not raise and clear over and over.
+        ThresholdRule("flood-gauge-level", x("currentLevel"), raise_above=0.10, clear_below=0.05,
+                      entity_type=x("FloodMonitoring"), severity="high", category="weather",
+                      label="water level", unit=" m"),
+        # 1 cm a minute (0.6 m an hour) is a drain overwhelmed: the early warning before the level alarm.
+        RateRule("flood-gauge-rise", x("currentLevel"), max_per_min=0.01, clear_per_min=0.0,
+                 entity_type=x("FloodMonitoring"), severity="medium", category="weather",
+                 label="water level", unit=" m"),
         *(MissingDataRule(f"missing-{name}", x(name), timedelta(minutes=minutes)) for name, minutes in
           missing.items()),
         CameraEventRule("camera-event", x("Alert"), auto_clear_after=timedelta(minutes=30)),

@@ -1,4 +1,5 @@
-"""The FastAPI application: lifespan (store, rule ticks, notifier, MQTT), routers, errors, access log."""
+"""The FastAPI application: lifespan (store, rule ticks, notifier, MQTT ingestion and alerts), routers, errors,
+access log."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from ..core.errors import Conflict, Forbidden, Invalid, IocError, NotFound
 from ..core.ldcontext import ContextError, ContextNotAvailable
 from ..storage import open_store
 from . import admin, dashboard, ngsild, open311, open311_xml, operator
+from .alert_publish import AlertPublisher
 from .deps import KeyCache, RateLimiter
 from .mqtt_ingest import MqttIngest
 from .notify import Notifier
@@ -201,14 +203,30 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
-async def _tick_forever(ioc: IOC, every_s: float) -> None:
+async def _tick_forever(ioc: IOC, every_s: float, alerts: AlertPublisher | None = None) -> None:
     """Missing-data and auto-clear rules need time to pass, not a message: run them on a timer."""
     while True:
         await asyncio.sleep(every_s)
         try:
-            await asyncio.to_thread(ioc.tick, datetime.now(UTC))
+            changed = await asyncio.to_thread(ioc.tick, datetime.now(UTC))
         except Exception:  # a failed tick must not stop the next one
             log.exception("rule tick failed")
+            continue
+        if alerts is not None:
+            alerts.submit(changed)
+
+
+def _hand_on(*sinks: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    """One callback for MqttIngest's results that gives each to every sink (notifier, alert publisher)."""
+    live = [sink for sink in sinks if sink is not None]
+    if not live:
+        return None
+
+    def hand_on(result: Any) -> None:
+        for sink in live:
+            sink(result)
+
+    return hand_on
 
 
 @asynccontextmanager
@@ -219,13 +237,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.ioc = ioc
     app.state.notifier = None
     app.state.mqtt = None
-    tick = asyncio.create_task(_tick_forever(ioc, settings.tick_s))
+    # With a broker, every alert raised or cleared also goes out on MQTT (alert_publish.py).
+    alerts = app.state.alerts = AlertPublisher(settings.mqtt_url) if settings.mqtt_url else None
+    tick = asyncio.create_task(_tick_forever(ioc, settings.tick_s, alerts))
     try:
+        if alerts is not None:
+            alerts.start()
         if settings.notify:
             app.state.notifier = Notifier(ioc)
             await _maybe_await(app.state.notifier.start())
         if settings.mqtt_url:
-            on_result = app.state.notifier.submit if app.state.notifier else None
+            on_result = _hand_on(app.state.notifier.submit if app.state.notifier else None,
+                                 alerts.submit_result if alerts else None)
             app.state.mqtt = MqttIngest(ioc, settings.mqtt_url, on_result)
             await asyncio.to_thread(app.state.mqtt.start)
         yield
@@ -235,6 +258,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await tick
         if app.state.mqtt is not None:
             await asyncio.to_thread(app.state.mqtt.stop)
+        if alerts is not None:  # after ingestion stops, so the alerts of its last messages still go out
+            await asyncio.to_thread(alerts.stop)
         if app.state.notifier is not None:
             await _maybe_await(app.state.notifier.stop())
         await asyncio.to_thread(store.close)

@@ -250,9 +250,15 @@ def _ioc(request: Request) -> Any:
 
 
 def _submit(request: Request, result: Any) -> None:
+    """Hand a write's result on: changed entities to the notifier, its alerts to the MQTT alert publisher."""
+    if result is None:
+        return
     notifier = getattr(request.app.state, "notifier", None)
-    if notifier is not None and result is not None:
+    if notifier is not None:
         notifier.submit(result)
+    alerts = getattr(request.app.state, "alerts", None)
+    if alerts is not None:
+        alerts.submit_result(result)
 
 
 def _owner(key: ApiKey) -> str | None:

@@ -235,7 +235,11 @@ def acknowledge_alert(request: Request, alert_id: RowId, key: ApiKey = Depends(o
 @router.post("/alerts/{alert_id}/clear", response_model=AlertOut, summary="Clear an alert")
 def clear_alert(request: Request, alert_id: RowId, key: ApiKey = Depends(operator_key),
                 at: datetime = Depends(now)) -> dict[str, Any]:
-    return alert_out(_ioc(request).clear_alert(alert_id, actor(key), at), _tz(request))
+    cleared = _ioc(request).clear_alert(alert_id, actor(key), at)
+    publisher = getattr(request.app.state, "alerts", None)
+    if publisher is not None:  # a clear by hand goes out on MQTT like one by a rule
+        publisher.submit([cleared])
+    return alert_out(cleared, _tz(request))
 
 
 # -- KPIs -----------------------------------------------------------------------------------------------------

@@ -465,3 +465,224 @@ def problem_map(city: City, x: np.ndarray, y: np.ndarray, state: Sequence[str], 
         _no_data(ax, "no problems to place on the network")
     _finish_map(ax, city, title)
     return fig
+
+
+# -- devices ---------------------------------------------------------------------------------------------
+
+DEVICE_STYLES = {  # (colour, marker, legend name) by device type
+    "detector": ("#3182bd", "s", "traffic detector"),
+    "camera": ("#e6550d", "^", "camera"),
+    "air": ("#31a354", "o", "air-quality sensor"),
+    "noise": ("#9467bd", "D", "noise sensor"),
+    "water_level": ("#08306b", "v", "water-level gauge"),
+    "rain_gauge": ("#6baed6", "P", "rain gauge"),
+}
+OTHER_DEVICE_STYLE = ("#7f7f7f", "X", "")
+CAMERA_VIEW_COLOUR = "#fd8d3c"
+DETECTOR_LINK_COLOUR = "#3182bd"
+BUS_ROUTE_COLOUR = "#8c564b"
+UNGRIDDED_NOTES = {"camera": "no readings due: a camera reports what it sees",
+                   "bus": "no readings due: a bus reports while in service"}
+QUALITY_COLOURS = {"late": "#fdae6b", "duplicate": "#9e9ac8", "out_of_order": "#74c476", "faulty": "#de2d26"}
+QUALITY_LABELS = {"late": "late", "duplicate": "duplicate", "out_of_order": "out of order",
+                  "faulty": "faulty value"}
+
+
+def device_map(city: City, sites: dict[str, tuple[np.ndarray, np.ndarray]], *, camera_links: np.ndarray,
+               detector_links: np.ndarray, bus_links: np.ndarray, title: str) -> Figure:
+    """Device sites by type over the network (grey); links in a camera's view, links with a detector and
+    bus routes drawn over it. `sites` maps a device type to the map x, y of its devices; the masks are per
+    link."""
+    fig, ax, span = _map_figure(city)
+    segments = link_segments(city, offset_m=0.0)
+    ax.add_collection(LineCollection(segments, colors="#d0d0d0", linewidths=0.7, capstyle="round", zorder=1))
+    handles = []
+    for mask, colour, width, label, z in ((bus_links, BUS_ROUTE_COLOUR, 1.1, "bus route", 2),
+                                          (camera_links, CAMERA_VIEW_COLOUR, 2.6, "in a camera's view", 3),
+                                          (detector_links, DETECTOR_LINK_COLOUR, 1.6, "link with a detector", 4)):
+        mask = np.asarray(mask, bool)
+        if mask.any():
+            ax.add_collection(LineCollection(segments[mask], colors=colour, linewidths=width, alpha=0.85,
+                                             capstyle="round", zorder=z))
+            handles.append(Line2D([], [], color=colour, lw=width + 0.4, label=f"{label} ({int(mask.sum()):,} links)"))
+    for device_type, (x, y) in sites.items():
+        if not len(x):
+            continue
+        colour, marker, name = DEVICE_STYLES.get(device_type, OTHER_DEVICE_STYLE)
+        ax.scatter(x, y, s=34, marker=marker, color=colour, edgecolors="white", lw=0.6, zorder=6)
+        handles.append(Line2D([], [], ls="", marker=marker, ms=7, color=colour, mec="white",
+                              label=f"{name or device_type} ({len(x):,})"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small",
+                   frameon=False)
+    else:
+        _no_data(ax, "no device sites to place on the network")
+    _finish_map(ax, city, title)
+    return fig
+
+
+def share_over_time(series: dict, start_s: float, duration_s: float, *, target: float, target_label: str,
+                    title: str, ylabel: str, colour: str = "#3182bd") -> Figure:
+    """A share in % against clock time, with its target as a dashed line and its time-average."""
+    fig = _figure(3.2)
+    ax = fig.add_subplot()
+    t, values = _series_arrays(series)
+    if len(t):
+        ax.plot(t, values, color=colour, lw=1.6, label=series.get("label") or ylabel)
+        ax.fill_between(t, np.nan_to_num(values), color=colour, alpha=0.15, lw=0)
+        mean = float(np.nanmean(values)) if np.isfinite(values).any() else None
+        if mean is not None:
+            ax.axhline(mean, color=colour, ls=":", lw=1.2, label=f"time-average {mean:.1f} %")
+    else:
+        _no_data(ax, "no data in this run")
+    ax.axhline(target, **TARGET_STYLE, label=target_label)
+    ax.set_ylim(0, 100)
+    _clock_axis(ax, max(duration_s, float(t.max()) if len(t) else 0.0), start_s)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+def completeness_bars(rows: Sequence[dict], *, title: str) -> Figure:
+    """Per device type: completeness (due readings delivered, %) on the left; on the right the shares of
+    messages late, duplicated, out of order and with faulty values, side by side. A type with no grid of
+    due readings (buses, cameras) is marked so instead of a bar."""
+    rows = [r for r in rows if r.get("devices") or r.get("messages")]
+    fig = _figure(1.6 + 0.5 * max(len(rows), 1))
+    if not rows:
+        ax = fig.add_subplot()
+        _no_data(ax, "no devices in this run")
+        ax.set_title(title)
+        return fig
+    left, right = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1.1, 1.0]})
+    y = np.arange(len(rows))
+    names = [str(r["device_type"]).replace("_", " ") for r in rows]
+    done = np.array([np.nan if r.get("completeness") is None else r["completeness"] for r in rows], float)
+    left.barh(y, np.nan_to_num(done), height=0.6, color="#3182bd")
+    for i, r in enumerate(rows):
+        text = (f"{done[i]:.1f} % of {r.get('due') or 0:,}" if np.isfinite(done[i])
+                else UNGRIDDED_NOTES.get(str(r["device_type"]), "no readings due on a grid"))
+        left.text(1.0, i, text, va="center", fontsize="small",
+                  color="white" if np.isfinite(done[i]) and done[i] >= 30 else "#333333")
+    left.set_yticks(y, names)
+    left.set_ylim(len(rows) - 0.5, -0.5)
+    left.set_xlim(0, 100)
+    left.set_xlabel("completeness (% of due readings)")
+    left.grid(axis="x", alpha=0.3)
+    keys = list(QUALITY_COLOURS)
+    h = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        values = np.array([np.nan if r.get(key) is None else r[key] for r in rows], float)
+        right.barh(y - 0.4 + h * (j + 0.5), np.nan_to_num(values), height=h, color=QUALITY_COLOURS[key],
+                   label=QUALITY_LABELS[key])
+    right.set_xlabel("% of messages")
+    right.xaxis.set_major_locator(MaxNLocator(5))
+    right.set_xlim(left=0)
+    right.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.legend(*right.get_legend_handles_labels(), loc="outside lower center", ncol=len(keys), fontsize="small",
+               frameon=False)
+    return fig
+
+
+def detection_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], *, title: str,
+                     xlabel: str = "minutes from the event's start to the first camera alert at the IOC") -> Figure:
+    """Cumulative share of events detected by time since they began (Kaplan–Meier steps), one curve each."""
+    fig = _figure(3.3)
+    ax = fig.add_subplot()
+    colours = ("#d62728", "#fd8d3c", "#3182bd", "#31a354")
+    drawn = False
+    right = 1.0
+    for (label, (t, cdf)), colour in zip(curves.items(), colours):
+        t, cdf = np.asarray(t, float), np.asarray(cdf, float)
+        if not len(t):
+            ax.plot([], [], color=colour, label=label)
+            continue
+        ax.step(np.concatenate([[0.0], t]), 100.0 * np.concatenate([[0.0], cdf]), where="post", color=colour,
+                lw=1.8, label=label)
+        right = max(right, float(t.max()))
+        drawn = True
+    if not drawn:
+        _no_data(ax, "no detections in this run")
+    ax.set_xlim(0, right * 1.05)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("% detected by then")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def lead_time_histogram(lead_min: np.ndarray, not_warned: int, *, ahead_min: float, title: str) -> Figure:
+    """Warning lead times of the floods that were warned, with the "enough time" mark; how many floods
+    had no warning at all is in the legend, since they have no lead time to place."""
+    fig = _figure(3.0)
+    ax = fig.add_subplot()
+    lead = np.asarray(lead_min, float)
+    lead = lead[np.isfinite(lead)]
+    if len(lead):
+        width = 5.0 if lead.max() <= 120 else 15.0  # whole 5 or 15 minutes, so the mark falls on an edge
+        bins = np.arange(0.0, lead.max() + width, width)
+        ax.hist(lead, bins=bins if len(bins) > 1 else [0.0, width], color="#1f4e9c", edgecolor="white",
+                label=f"warned ({len(lead):,})")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    elif not not_warned:
+        _no_data(ax, "no floods at gauged junctions in this run")
+    if not_warned:
+        ax.bar([], [], color="#bbbbbb", label=f"not warned ({not_warned:,}): no lead time")
+    ax.axvline(ahead_min, **TARGET_STYLE, label=f"{ahead_min:g} min ahead")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("lead time (minutes from the first gauge alert to the flood)")
+    ax.set_ylabel("floods")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper right", fontsize="small")
+    return fig
+
+
+@dataclass(frozen=True)
+class GaugeTrace:
+    """One water-level gauge's readings and what happened at its junction."""
+
+    label: str
+    t: np.ndarray  # s since the scenario start (when measured)
+    level_m: np.ndarray
+    floods: tuple[tuple[float, float], ...] = ()  # (start, end) the junction was flooded
+    warnings: tuple[float, ...] = ()  # when the IOC raised its level alert
+
+
+def gauge_levels(traces: Sequence[GaugeTrace], warning_level_m: float, start_s: float, duration_s: float, *,
+                 title: str) -> Figure:
+    """Small multiples: each gauge's level against the warning level, flood periods shaded and the IOC's
+    level alerts marked."""
+    n = max(len(traces), 1)
+    fig = _figure(1.0 + 1.35 * n)
+    axes = np.atleast_1d(fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0])
+    if not traces:
+        _no_data(axes[0], "no water-level readings in this run")
+    t_max = max([duration_s] + [float(tr.t.max()) for tr in traces if len(tr.t)])
+    for ax, tr in zip(axes, traces):
+        for s, e in tr.floods:
+            ax.axvspan(s, e, color=KIND_COLOURS["flood"], alpha=0.18, lw=0)
+        order = np.argsort(tr.t, kind="stable")
+        ax.plot(tr.t[order], tr.level_m[order], color="#08306b", lw=1.2)
+        ax.axhline(warning_level_m, color="#d62728", ls="--", lw=1.0)
+        for w in tr.warnings:
+            ax.axvline(w, color="#d62728", lw=0.9, alpha=0.8)
+        top = max(float(np.nanmax(tr.level_m)) if len(tr.level_m) else 0.0, warning_level_m) * 1.15
+        ax.set_ylim(0, top)
+        ax.set_ylabel("m")
+        ax.set_title(tr.label, fontsize="small", loc="left")
+        ax.grid(alpha=0.3)
+    _clock_axis(axes[-1], t_max, start_s)
+    handles = [Line2D([], [], color="#08306b", lw=1.2, label="water level"),
+               Line2D([], [], color="#d62728", ls="--", lw=1.0, label=f"warning level {warning_level_m:g} m"),
+               Line2D([], [], color="#d62728", lw=0.9, label="IOC level alert raised"),
+               Patch(color=KIND_COLOURS["flood"], alpha=0.3, label="junction flooded")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small", frameon=False)
+    fig.suptitle(title)
+    return fig

@@ -6,9 +6,11 @@ Every field has a default a planner can live with, so a scenario names only what
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, WrapValidator,
+                      field_validator, model_validator)
 
 from .units import ClockTime, Duration
 
@@ -458,6 +460,306 @@ class HazardsSpec(Model):
     rain: RainSpec = RainSpec()
 
 
+# --- devices (devices_sim/) ---------------------------------------------------------------------------
+
+def _fail(loc: tuple, message: str, value: object) -> None:
+    """Raise a validation error at `loc` below the field being validated, so the scenario's own path
+    (e.g. `placement.nodes`, `routes[1].via`) reaches the user, not just the enclosing model's."""
+    raise ValidationError.from_exception_data("devices", [
+        {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}])
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def _id_part(value: str) -> str:
+    """A name that becomes part of device ids (and so of MQTT topics and NGSI-LD entity ids)."""
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"expected 1 to 40 letters, digits, '_' or '-' (it becomes part of device ids); got {value!r}")
+    return value
+
+
+def _unique(values: list[str], what: str) -> list[str]:
+    seen: dict[str, int] = {}
+    for k, value in enumerate(values):
+        if value in seen:
+            _fail((k,), f"expected each {what} once; got {value!r} again (also at [{seen[value]}])", value)
+        seen[value] = k
+    return values
+
+
+PositiveDuration = Annotated[Duration, Field(gt=0.0)]
+NonNegativeDuration = Annotated[Duration, Field(ge=0.0)]
+Radius = Annotated[float, Field(gt=0.0, le=20_000.0)]  # metres
+
+
+class FaultSpec(Model):
+    """How devices fail: each rate is a chance per reading, or (drift, battery) a share of the devices."""
+
+    dropout: Share = 0.0  # the device goes offline ...
+    dropout_duration: PositiveDuration = 1800.0  # ... for an exponential time with this mean, then recovers
+    stuck: Share = 0.0  # the measured values freeze ...
+    stuck_duration: PositiveDuration = 7200.0
+    drift: Share = 0.0  # share of devices whose measured values drift
+    drift_per_day: Annotated[float, Field(ge=-1.0, le=1.0)] = 0.05  # relative drift per day of a drifting device
+    burst: Share = 0.0  # a burst of measurement noise starts ...
+    burst_duration: PositiveDuration = 600.0
+    burst_scale: Annotated[float, Field(ge=0.0, le=10.0)] = 0.5  # relative noise (sd) during a burst
+    duplicate: Share = 0.0  # a message is sent twice
+    late: Share = 0.0  # a message is held back and arrives out of order ...
+    late_delay: PositiveDuration = 300.0  # ... after this mean extra delay (exponential)
+    clock_skew: NonNegativeDuration = 0.0  # sd of each device's fixed clock offset (normal)
+    battery: Share = 0.0  # share of devices on battery ...
+    battery_life: PositiveDuration = 5 * 86400.0  # ... which die for good after this mean life (normal, cv 0.2)
+    network_delay: NonNegativeDuration = 1.0  # mean transmission delay (exponential)
+
+
+class Placement(Model):
+    """Where a fleet's devices go: explicit sites, or a budget and a strategy that chooses them."""
+
+    nodes: list[str] | None = None  # junction ids (cameras, environmental sensors)
+    links: list[str] | None = None  # link ids (detectors)
+    budget: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    strategy: Literal["random", "major_roads", "max_coverage", "hotspots"] = "max_coverage"
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_nodes(cls, value: list[str] | None) -> list[str] | None:
+        return value if value is None else _unique(value, "node")
+
+    @field_validator("links")
+    @classmethod
+    def _unique_links(cls, value: list[str] | None) -> list[str] | None:
+        return value if value is None else _unique(value, "link")
+
+    @model_validator(mode="after")
+    def _one_way_to_place(self) -> "Placement":
+        given = [key for key in ("nodes", "links", "budget") if getattr(self, key) is not None]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "none"
+            raise ValueError(f"expected exactly one of nodes, links or budget; got {got}")
+        return self
+
+
+LINK_SITED = ("detector",)  # placed on links; every other placed device type at a junction
+
+
+def site_problem(fleet_type: str, placement: Placement) -> tuple[str, str] | None:
+    """(field, message) when explicit sites are of the wrong kind for the fleet: detectors sit on links,
+    every other placed device at a junction."""
+    wanted = "links" if fleet_type in LINK_SITED else "nodes"
+    wrong = "nodes" if wanted == "links" else "links"
+    if getattr(placement, wrong) is None:
+        return None
+    what = "link ids" if wanted == "links" else "junction ids"
+    return wrong, f"expected {wanted} ({what}) for a {fleet_type.replace('_', ' ')}; got {wrong}"
+
+
+class _Fleet(Model):
+    name: str  # prefix of the device ids: "<name>-0001"
+    faults: FaultSpec = FaultSpec()
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _id_part(v)))
+
+
+class _PlacedFleet(_Fleet):
+    placement: Placement
+
+    @model_validator(mode="after")
+    def _sites_of_the_right_kind(self):
+        wrong = site_problem(self.type, self.placement)
+        if wrong:
+            _fail(("placement", wrong[0]), wrong[1], getattr(self.placement, wrong[0]))
+        return self
+
+
+class DetectorFleet(_PlacedFleet):
+    """Loop or radar detectors on links: counts, occupancy and mean speed per interval."""
+
+    type: Literal["detector"] = "detector"
+    interval: PositiveDuration = 300.0
+
+
+class CameraDetect(Model):
+    """Chance per evaluation that a camera's analytics recognise an event of each kind in view."""
+
+    incident: Share = 0.5
+    congestion: Share = 0.4
+    violation: Share = 0.3
+    flood: Share = 0.5
+
+
+class CameraFleet(_PlacedFleet):
+    """Cameras at junctions with video analytics: alerts on incidents, congestion, violations, floods."""
+
+    type: Literal["camera"] = "camera"
+    interval: PositiveDuration = 60.0  # how often the analytics evaluate the view
+    range_m: Annotated[float, Field(gt=0.0, le=2000.0)] = 150.0
+    detect: CameraDetect = CameraDetect()
+    delay: NonNegativeDuration = 30.0  # mean analytics delay (exponential)
+    congestion_speed_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.3
+    violations_per_1000_vehicles: Annotated[float, Field(ge=0.0, le=100.0)] = 0.5
+    counts: bool = True  # each camera also counts traffic on the busiest link in view ("<id>-flow")
+    count_interval: PositiveDuration = 300.0
+
+
+class AirFleet(_PlacedFleet):
+    """Air-quality stations: PM2.5, PM10, NO2, CO from a diurnal background, nearby traffic and rain."""
+
+    type: Literal["air"] = "air"
+    interval: PositiveDuration = 900.0
+    background_pm25: Annotated[float, Field(gt=0.0, le=500.0)] = 22.0  # µg/m³
+    traffic_radius_m: Radius = 300.0
+    washout_per_mm: Annotated[float, Field(ge=0.0, le=1.0)] = 0.08
+    coverage_radius_m: Radius = 1000.0
+
+
+class NoiseFleet(_PlacedFleet):
+    """Noise meters: LAeq and LAmax from the volume and speed of traffic on nearby links."""
+
+    type: Literal["noise"] = "noise"
+    interval: PositiveDuration = 300.0
+    traffic_radius_m: Radius = 60.0
+    coverage_radius_m: Radius = 300.0
+
+
+class WaterLevelFleet(_PlacedFleet):
+    """Flood gauges at junctions: water level and a warning state against `warning_level_m`."""
+
+    type: Literal["water_level"] = "water_level"
+    interval: PositiveDuration = 300.0
+    warning_level_m: Annotated[float, Field(gt=0.0, le=5.0)] = 0.10
+    coverage_radius_m: Radius = 300.0
+
+
+class RainGaugeFleet(_PlacedFleet):
+    type: Literal["rain_gauge"] = "rain_gauge"
+    interval: PositiveDuration = 300.0
+    coverage_radius_m: Radius = 2000.0
+
+
+class BusRoute(Model):
+    name: str
+    via: list[str]  # junction ids the line passes, in order, joined by shortest paths
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _id_part(v)))
+
+    @field_validator("via")
+    @classmethod
+    def _two_ends(cls, value: list[str]) -> list[str]:
+        if len(value) < 2:
+            raise ValueError(f"expected at least 2 junction ids (the ends of the line); got {value!r}")
+        return value
+
+
+def _routes_tag(value: object) -> str:
+    return "routes" if isinstance(value, list) else "count"
+
+
+class BusFleet(_Fleet):
+    """Buses with GPS running lines out and back at a headway within service hours."""
+
+    type: Literal["bus"] = "bus"
+    interval: PositiveDuration = 30.0  # GPS fix
+    # A number of lines generated between distant junctions on major roads, or the lines themselves.
+    routes: Annotated[Union[Annotated[Annotated[int, Field(ge=0, le=200)], Tag("count")],
+                            Annotated[list[BusRoute], Tag("routes")]],
+                      Discriminator(_routes_tag)] = 4
+    headway: PositiveDuration = 900.0
+    service: Shift = Shift(start="05:30", end="21:00")
+    dwell: NonNegativeDuration = 20.0  # at each stop
+    stop_spacing_m: Annotated[float, Field(gt=0.0, le=10_000.0)] = 400.0
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_route_names(cls, value):
+        if isinstance(value, list):
+            seen: dict[str, int] = {}
+            for k, route in enumerate(value):
+                if route.name in seen:
+                    _fail((k, "name"), f"expected unique route names; got {route.name!r} again (also "
+                          f"routes[{seen[route.name]}])", route.name)
+                seen[route.name] = k
+        return value
+
+
+FLEETS = (DetectorFleet, CameraFleet, AirFleet, NoiseFleet, WaterLevelFleet, RainGaugeFleet, BusFleet)
+DEVICE_TYPES = tuple(f.model_fields["type"].default for f in FLEETS)
+_INTERNAL_TAGS = {"count", "routes"}  # the routes union's member tags, never written by people
+
+
+def _untag_fleet(value: object, handler):
+    """Validate one fleet, then take pydantic's union-member tags out of error locations: the error in
+    `fleets[0]` is at `fleets[0].interval`, not `fleets[0].detector.interval`. (The loader strips tags
+    only after a named field; in a list of fleets the tag follows the index.)"""
+    try:
+        return handler(value)
+    except ValidationError as err:
+        tag = value.get("type") if isinstance(value, dict) else None
+        errors = []
+        for e in err.errors():
+            loc = list(e["loc"])
+            if loc and loc[0] == tag:
+                loc = loc[1:]
+            if len(loc) > 1 and loc[0] == "routes" and loc[1] in _INTERNAL_TAGS:
+                del loc[1]
+            error = {key: e[key] for key in ("type", "input", "ctx") if key in e}
+            if e["type"] == "union_tag_not_found":  # name the types a person may write
+                error["ctx"] = {**e.get("ctx", {}), "expected_tags": ", ".join(map(repr, DEVICE_TYPES))}
+            errors.append({**error, "loc": tuple(loc)})
+        raise ValidationError.from_exception_data(err.title, errors) from None
+
+
+Fleet = Annotated[Union[DetectorFleet, CameraFleet, AirFleet, NoiseFleet, WaterLevelFleet, RainGaugeFleet, BusFleet],
+                  Field(discriminator="type"), WrapValidator(_untag_fleet)]
+
+_MQTT_URL = re.compile(r"mqtt://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+
+
+class DevicesSpec(Model):
+    """The device fleets observing the twin and how their messages reach the IOC."""
+
+    fleets: list[Fleet] = Field(default_factory=list)
+    transport: Literal["inprocess", "mqtt", "http"] = "inprocess"
+    mqtt_url: str = "embedded"  # an in-process broker, or mqtt://host:port
+    http_url: str | None = None  # NGSI-LD base URL; required for transport http (API key: $CITYTWIN_IOC_KEY)
+    qos: Literal[0, 1] = 1
+    freshness: PositiveDuration = 600.0  # age under which a link's traffic information counts as real-time
+
+    @field_validator("fleets")
+    @classmethod
+    def _unique_names(cls, fleets: list) -> list:
+        seen: dict[str, int] = {}
+        for k, fleet in enumerate(fleets):
+            if fleet.name in seen:
+                _fail((k, "name"), f"expected unique fleet names (they prefix the device ids); got "
+                      f"{fleet.name!r} again (also fleets[{seen[fleet.name]}])", fleet.name)
+            seen[fleet.name] = k
+        return fleets
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        m = _MQTT_URL.fullmatch(value)
+        if value != "embedded" and not (m and 1 <= int(m[2]) <= 65535):
+            raise ValueError(f"expected 'embedded' or mqtt://host:port (e.g. mqtt://127.0.0.1:1883); got {value!r}")
+        return value
+
+    @field_validator("http_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"expected an http:// or https:// base URL (e.g. http://127.0.0.1:1026); got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> "DevicesSpec":
+        if self.transport == "http" and self.http_url is None:
+            _fail(("http_url",), "required when transport is http: the NGSI-LD base URL, e.g. "
+                  "http://127.0.0.1:1026; got none", None)
+        return self
+
+
 # --- KPIs and the scenario ---------------------------------------------------------------------------
 
 class KpiSpec(Model):
@@ -477,6 +779,7 @@ class Scenario(Model):
     kpi: KpiSpec = KpiSpec()
     population: PopulationSpec | None = None  # residents as agents; needed by `demand: agents` and field reporting
     field_reporting: FieldReportingSpec | None = None
+    devices: DevicesSpec | None = None
 
     @model_validator(mode="after")
     def _population_where_needed(self) -> "Scenario":

@@ -1,0 +1,1 @@
+"""Live drive: the twin sends its interactions to a real IOC in wall-clock time and measures it (open model)."""

@@ -1,0 +1,178 @@
+"""`citytwin ioc serve` and `citytwin drive` side by side: the device fleet in wall-clock time into the live
+reference IOC over MQTT and NGSI-LD HTTP, end-to-end times from its notifications and alerts, thresholds
+setting the exit code, and every output written. Short and bounded: a few wall seconds at a high speedup."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from citytwin.ioc.server.process import ServerProcess, provision_key
+from citytwin.twin.cli import main
+from conftest import mqtt_address
+
+# Rain from the start floods the lowest junctions within the first virtual hour; gauges, detectors and
+# cameras report every few virtual minutes.
+SCENARIO = """\
+name: drive-test
+seed: 3
+start: "07:00"
+duration: 3h
+city: {network: {source: synthetic, width_m: 1500, height_m: 1000}}
+demand: {kind: od, trips_per_day: 30000}
+hazards:
+  incidents: {rate_per_lane_km_day: 0.5}
+  rain:
+    episodes_per_day: 0
+    low_node_share: 0.15
+    drainage_mm_h: 10
+    episodes: [{start: "07:00", duration: 2h, intensity_mm_h: 120}]
+devices:
+  fleets:
+    - {type: water_level, name: wl, interval: 5min, placement: {budget: 8, strategy: hotspots}}
+    - {type: detector, name: det, interval: 5min, placement: {budget: 6, strategy: major_roads}}
+    - {type: camera, name: cam, interval: 1min, placement: {budget: 4, strategy: max_coverage}, counts: false}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    host, port = mqtt_address()
+    tmp = tmp_path_factory.mktemp("ioc")
+    db_url = f"sqlite:///{tmp}/ioc.db"
+    admin = provision_key(db_url, "admin", rate_per_s=1e6)
+    with ServerProcess(db_url, tmp / "server.log", extra_args=("--mqtt", f"mqtt://{host}:{port}")) as process:
+        yield process, admin, f"mqtt://{host}:{port}"
+
+
+def _drive(tmp_path, server, *extra, monkeypatch=None):
+    process, admin, mqtt = server
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "drive.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "900",
+                 "--duration", "8s", "--out", str(out), "--quiet", *extra])
+    return code, out
+
+
+def test_drive_over_mqtt_measures_end_to_end_and_sets_the_exit_code(tmp_path, server):
+    _, _, mqtt = server
+    code, out = _drive(tmp_path, server, "--mqtt", mqtt, "--threshold", "errors<5%",
+                       "--threshold", "mqtt.publish.p99<10s", "--threshold", "mqtt.publish.p50<1us")
+    assert code == 99  # the last threshold cannot hold: p50 under a microsecond
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"mqtt.publish", "e2e.entity", "e2e.alert"} <= set(summary["keys"])
+    verdicts = {t["expr"]: t["ok"] for t in summary["thresholds"]}
+    assert verdicts == {"errors<5%": True, "mqtt.publish.p99<10s": True, "mqtt.publish.p50<1us": False}
+    with (out / "stats.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    names = {r["Name"] for r in rows}
+    assert "mqtt.publish" in names and "Aggregated" in names
+    published = next(r for r in rows if r["Name"] == "mqtt.publish")
+    assert int(published["Request Count"]) > 50
+    for name in ("stats_history.csv", "failures.csv", "report.html", "ledger.parquet"):
+        assert (out / name).exists()
+
+
+def test_drive_over_ngsi_ld_http_holds_its_thresholds(tmp_path, server):
+    code, out = _drive(tmp_path, server, "--threshold", "ngsild.upsert.errors<1%", "--threshold", "ngsild.count>5")
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(t["ok"] for t in summary["thresholds"])
+
+
+def test_a_bad_threshold_is_bad_input(tmp_path, server, capsys):
+    code, out = _drive(tmp_path, server, "--threshold", "mqtt.publish.p99<<3ms")
+    assert code == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_unreachable_ioc_fails_cleanly(tmp_path, server, capsys):
+    process, admin, _ = server
+    path = tmp_path / "drive.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    code = main(["drive", str(path), "--target", "http://127.0.0.1:9", "--admin-key", admin, "--duration", "2s",
+                 "--out", str(tmp_path / "out"), "--quiet"])
+    assert code == 1
+    assert "127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_two_ray_workers_send_what_one_does_and_merge_exactly(tmp_path, server):
+    """Same seed: the shards' message counts add up to the one-worker run's, and the merged histogram holds
+    every one of them."""
+    _, _, mqtt = server
+    one_code, one = _drive(tmp_path / "one", server, "--mqtt", mqtt)
+    two_code, two = _drive(tmp_path / "two", server, "--mqtt", mqtt, "--workers", "2")
+    assert (one_code, two_code) == (0, 0)
+    s1 = json.loads((one / "summary.json").read_text())
+    s2 = json.loads((two / "summary.json").read_text())
+    assert s2["meta"]["messages"] == s1["meta"]["messages"] > 0
+    assert len(s2["meta"]["shard_messages"]) == 2 and all(n > 0 for n in s2["meta"]["shard_messages"])
+    published = [json.loads((d / "summary.json").read_text())["keys"]["mqtt.publish"]["count"] for d in (one, two)]
+    assert published[0] == published[1] == s1["meta"]["messages"]
+
+
+def test_the_ioc_going_down_mid_run_is_counted_not_waited_for(tmp_path):
+    """Kill the IOC a few seconds in: the schedule goes on, the failures are connection errors, the run ends on
+    time and its results are complete."""
+    import threading
+    import time
+
+    db_url = f"sqlite:///{tmp_path}/ioc.db"
+    admin = provision_key(db_url, "admin", rate_per_s=1e6)
+    path = tmp_path / "drive.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    out = tmp_path / "out"
+
+    def kill_when_sending(process: ServerProcess) -> None:
+        """Once the first readings have arrived (the server's access log shows them), a little later."""
+        deadline = time.monotonic() + 60
+        while "entityOperations/upsert" not in process.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)
+        process.kill()
+
+    with ServerProcess(db_url, tmp_path / "server.log") as process:
+        threading.Thread(target=kill_when_sending, args=(process,), daemon=True).start()
+        started = time.monotonic()
+        code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "900",
+                     "--duration", "8s", "--out", str(out), "--quiet", "--threshold", "errors<1%"])
+        took = time.monotonic() - started
+    assert code == 99
+    assert took < 60
+    summary = json.loads((out / "summary.json").read_text())
+    upsert = summary["keys"]["ngsild.upsert"]
+    assert upsert["count"] > 0 and upsert["errors"].get("connection", 0) > 0
+    assert upsert["count"] > upsert["errors"]["connection"]  # what went before the kill succeeded
+
+
+def test_sigterm_writes_the_results_for_the_time_run(tmp_path, server):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process, admin, _ = server
+    path = tmp_path / "drive.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    out = tmp_path / "out"
+    child = subprocess.Popen([sys.executable, "-m", "citytwin.twin.cli", "drive", str(path), "--target", process.url,
+                              "--admin-key", admin, "--speedup", "900", "--duration", "60s", "--out", str(out),
+                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    log = process.log_path
+    before = log.read_text().count("entityOperations/upsert")
+    deadline = time.monotonic() + 60
+    while log.read_text().count("entityOperations/upsert") <= before and time.monotonic() < deadline:
+        time.sleep(0.1)  # until this drive's first readings reach the IOC
+    time.sleep(2.0)
+    child.send_signal(signal.SIGTERM)
+    code = child.wait(timeout=60)
+    assert code == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["interrupted"] is True
+    assert summary["keys"]["ngsild.upsert"]["count"] > 0
+    assert (out / "report.html").exists() and (out / "stats.csv").exists()
