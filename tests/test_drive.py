@@ -176,3 +176,70 @@ def test_sigterm_writes_the_results_for_the_time_run(tmp_path, server):
     assert summary["meta"]["interrupted"] is True
     assert summary["keys"]["ngsild.upsert"]["count"] > 0
     assert (out / "report.html").exists() and (out / "stats.csv").exists()
+
+
+# Residents who notice garbage at home and potholes, report in the app, on the web and by hotline, and check
+# every half hour; all-day crews: requests open and close within the few wall seconds of the drive.
+PEOPLE = """\
+name: drive-people
+seed: 11
+start: "06:00"
+duration: 8h
+city: {network: {source: synthetic, width_m: 1500, height_m: 1000}}
+demand: {kind: od, trips_per_day: 0}
+hazards:
+  incidents: {rate_per_lane_km_day: 0}
+  rain: {episodes_per_day: 0}
+population: {residents: 20000}
+field_reporting:
+  problems:
+    garbage: {category: waste, site: homes, rate: 3.0, service_time: 30min}
+    pothole: {category: road-damage, site: roads, rate: 1.0, service_time: 40min}
+  citizens: {propensity_mean: 0.05, notice_at_home_per_day: 1.0, check_interval: 30min}
+  organisation:
+    crews:
+      waste: {crews: 4, shift: {start: "00:00", end: "00:00"}}
+      road-damage: {crews: 2, shift: {start: "00:00", end: "00:00"}}
+    deadlines: {waste: 4h}
+"""
+
+
+def test_citizens_operators_and_crews_close_the_loop_over_open311_and_the_operator_api(tmp_path, server):
+    """Reports go out as Open311 POSTs; the ids the IOC gives are what reporters poll and what operators and
+    crews move through the workflow; the reporters see their requests closed (e2e.report)."""
+    import httpx
+    import pandas as pd
+
+    from citytwin.twin.ledger import events, read_ledger
+
+    process, admin, _ = server
+    path = tmp_path / "people.yaml"
+    path.write_text(PEOPLE, encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "7200",
+                 "--out", str(out), "--quiet", "--threshold", "open311.post.errors<1%", "--threshold",
+                 "e2e.report.count>0"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    keys = summary["keys"]
+    for key in ("open311.post", "open311.token", "open311.get", "operator.get", "operator.assign", "operator.start",
+                "operator.resolve", "operator.close", "e2e.report"):
+        assert keys[key]["count"] > 0, key
+    assert summary["meta"]["people_live"] and summary["meta"]["devices"] == 0
+
+    table = read_ledger(out / "ledger.parquet")
+    submitted = events(table, "report.submitted")
+    assert len(submitted) == keys["open311.post"]["count"] - keys["open311.post"]["error_count"]
+    ids = set(submitted.request_id.astype(int))
+    # The IOC gave these ids: each is a request there, filed by the drive's residents' key.
+    headers = {"X-API-Key": admin}
+    with httpx.Client(base_url=process.url, headers=headers, timeout=10) as client:
+        for rid in sorted(ids)[:20]:
+            assert client.get(f"/operator/v1/requests/{rid}").json()["reporter"]["account_id"].startswith("resident-")
+    # The workflow steps the operators and crews took were on those ids, and some reached closed.
+    status = events(table, "request.status")
+    assert set(status.subject.astype(int)) <= ids
+    assert (status.status == "closed").sum() > 0
+    checked = events(table, "report.checked")
+    assert len(checked) > 0 and set(checked.request_id.dropna().astype(int)) <= ids
+    assert isinstance(checked, pd.DataFrame)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from citytwin.ioc.core.catalog import DEFAULT_CATALOG
-from citytwin.twin.ports.base import Receipt, Report, RequestView
+from citytwin.twin.ports.base import Receipt, Report, RequestView, answer
 from citytwin.twin.scenario.schema import CitizenReporting
 
 from .context import AgentContext
@@ -181,7 +181,10 @@ class Citizens:
                 reporters.discard(resident)
                 return
         else:
-            receipt = self.ctx.port.submit(report, env.now)
+            receipt = yield from answer(self.ctx.port.submit(report, env.now))
+            if receipt is None:  # a live IOC failed to take it: they may try again when they notice it again
+                reporters.discard(resident)
+                return
             self.organisation.online_report(report, receipt)
         yield from self._follow(report, receipt, t_report)
 
@@ -255,13 +258,15 @@ class Citizens:
                 return
             yield env.timeout(next_t - env.now)
             if following == receipt.request_id:
-                view = port.by_token(receipt.token, env.now)
-                if view.closed and view.duplicate_of is not None:
+                view = yield from answer(port.by_token(receipt.token, env.now))
+                if view is not None and view.closed and view.duplicate_of is not None:
                     own_closed_t = view.updated_t
                     following = view.duplicate_of
-                    view = port.view(following, env.now)
+                    view = yield from answer(port.public(following, env.now))
             else:
-                view = port.view(following, env.now)
+                view = yield from answer(port.public(following, env.now))
+            if view is None:  # a live IOC did not answer: the app shows nothing new, they look again later
+                continue
             ctx.ledger.append("report.checked", env.now, report.key, status=view.status, request_id=following)
             if not view.closed:
                 seen_open.add(view.note.strip())

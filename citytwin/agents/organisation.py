@@ -22,7 +22,7 @@ from simpy.resources.store import PriorityItem
 
 from citytwin.ioc.core.catalog import DEFAULT_CATALOG
 from citytwin.twin.city.paths import network_graph, zone_nodes
-from citytwin.twin.ports.base import Receipt, Report
+from citytwin.twin.ports.base import Receipt, Report, answer
 from citytwin.twin.scenario.schema import FieldReportingSpec, OperatorShift, OrganisationSpec, ProblemKind, Shift
 
 from .context import AgentContext
@@ -274,16 +274,21 @@ class Organisation:
         def answered(operator: Operator, wait_s: float) -> None:
             ledger.append("call.answered", env.now, report.key, wait_s=wait_s, actor=operator.name)
 
-        def file_it(operator: Operator, _wait_s: float) -> Receipt:
-            receipt = self.ctx.port.submit(filed, env.now)
+        failed = []
+
+        def file_it(operator: Operator, _wait_s: float):
+            receipt = yield from answer(self.ctx.port.submit(filed, env.now))
+            if receipt is None:  # a live IOC failed to take it: the call ends without a receipt
+                failed.append(operator.name)
+                return None
             self._remember(filed, receipt)
-            self._triage(operator, filed, receipt)  # the operator files and routes it in the same call
+            yield from self._triage(operator, filed, receipt)  # the operator files and routes it in the call
             return receipt
 
         event = self.desk.call(self.rng.exponential(self.spec.intake.call_time), file_it, on_answer=answered)
 
         def hung_up(ev: simpy.Event) -> None:
-            if ev.value is None:
+            if ev.value is None and not failed:
                 ledger.append("call.abandoned", env.now, report.key, wait_s=env.now - called_t,
                               problem=report.problem, resident=report.resident)
 
@@ -294,15 +299,19 @@ class Organisation:
     def _remember(self, report: Report, receipt: Receipt) -> None:
         self.requests[receipt.request_id] = (report, report.problem)
 
-    def _triage(self, operator: Operator, report: Report, receipt: Receipt) -> Receipt:
-        """Fold a report the IOC linked on arrival into its original; route the rest to the agency's crews."""
-        port, now, rid = self.ctx.port, self.ctx.env.now, receipt.request_id
-        if receipt.duplicate_of is not None:
-            port.mark_duplicate(rid, receipt.duplicate_of, operator.name, now)
+    def _triage(self, operator: Operator, report: Report, receipt: Receipt):
+        """Fold a report the IOC linked on arrival into its original; route the rest to the agency's crews.
+        The operator opens the request first: what the IOC shows (its duplicate link) decides."""
+        port, env, rid = self.ctx.port, self.ctx.env, receipt.request_id
+        shown = yield from answer(port.view(rid, env.now))
+        duplicate_of = shown.duplicate_of if shown is not None else receipt.duplicate_of
+        if duplicate_of is not None:
+            yield from answer(port.mark_duplicate(rid, duplicate_of, operator.name, env.now))
             return receipt
         who = agency(report.category)
-        port.acknowledge(rid, operator.name, now, f"{INTAKE_PREFIX} phản ánh, chuyển {who}")
-        port.assign(rid, operator.name, report.category, now, f"{INTAKE_PREFIX}, giao {who} xử lý")
+        yield from answer(port.acknowledge(rid, operator.name, env.now, f"{INTAKE_PREFIX} phản ánh, chuyển {who}"))
+        yield from answer(port.assign(rid, operator.name, report.category, env.now,
+                                      f"{INTAKE_PREFIX}, giao {who} xử lý"))
         job = CrewJob(rid, report, report.problem, receipt.deadline_t)
         self.jobs_for(report.category).put(PriorityItem((receipt.deadline_t, next(self._seq)), job))
         return receipt
@@ -317,17 +326,18 @@ class Organisation:
     def _fix(self, crew: Crew, job: CrewJob):
         ctx, env = self.ctx, self.ctx.env
         port, rid = ctx.port, job.request_id
-        if port.view(rid, env.now).closed:  # closed by someone else meanwhile (an operator of a live IOC)
+        shown = yield from answer(port.view(rid, env.now))
+        if shown is not None and shown.closed:  # closed by someone else meanwhile (an operator of a live IOC)
             return
         # The dispatcher hands the job to this crew (no public note: the reporter sees intake, then result).
-        port.assign(rid, f"dispatcher-{crew.category}", crew.name, env.now)
+        yield from answer(port.assign(rid, f"dispatcher-{crew.category}", crew.name, env.now))
         problem = self.problems.get(job.problem) if job.problem else None
         site = problem.node if problem is not None else self._nearest_node(job.report.lon, job.report.lat)
         travel = self.travel_time(crew.node, site)
         ctx.ledger.append("crew.travel", env.now, crew.name, crew=crew.name, request_id=rid, travel_time_s=travel)
         yield env.timeout(travel)
         crew.node = site
-        port.start(rid, crew.name, env.now)
+        yield from answer(port.start(rid, crew.name, env.now))
         working = self._on_site.get(problem.id) if problem is not None else None
         if working is not None:
             # Another crew is fixing it right now (a second request about the same problem): leave it to
@@ -353,11 +363,11 @@ class Organisation:
         """Resolve and close the request, with the result note when the agency publishes it."""
         if after is not None:
             yield after
-        port, now, rid = self.ctx.port, self.ctx.env.now, job.request_id
+        port, env, rid = self.ctx.port, self.ctx.env, job.request_id
         published = self.rng.random() < self.spec.publish_results
         note = (result_note(job.report.category) if fixed else ALREADY_FIXED) if published else ""
-        port.resolve(rid, crew.name, now)
-        port.close(rid, crew.name, now, note)
+        yield from answer(port.resolve(rid, crew.name, env.now))
+        yield from answer(port.close(rid, crew.name, env.now, note))
 
     def work_time(self, kind: str) -> float:
         """Time on site: lognormal around the kind's mean service time with SERVICE_TIME_CV."""

@@ -193,10 +193,11 @@ class Twin:
 
 
 def build_twin(scenario: Scenario, env: simpy.Environment, city: City, trips: TripBatch, ledger: Ledger, seed: int,
-               *, device_transport=None, device_epoch=None, device_lead_s: float = 0.0) -> Twin:
+               *, device_transport=None, device_epoch=None, device_lead_s: float = 0.0, people_port=None) -> Twin:
     """The run's world on `env`: a virtual clock for `citytwin run`, a wall clock for `citytwin drive`.
     `device_transport(spec, ioc, runners, epoch=, clock=)` carries the devices' messages (default: the
-    scenario's own transport); `device_epoch` is the date of t = 0 on their clocks."""
+    scenario's own transport); `device_epoch` is the date of t = 0 on their clocks. `people_port` is where
+    citizens, operators and crews act (default: an IOC in memory, in virtual time)."""
     _, hazard_rng, engine_seed = seed_streams(seed)
     tr = scenario.traffic
     duration = scenario.duration
@@ -204,7 +205,8 @@ def build_twin(scenario: Scenario, env: simpy.Environment, city: City, trips: Tr
     engine = UXsimEngine(city, horizon_s=duration, platoon_pcu=tr.platoon_pcu, reaction_time_s=tr.reaction_time_s,
                          route_update_s=tr.route_update, route_noise=tr.route_noise,
                          seed=engine_seed)
-    people = _people(scenario, env, city, engine, ledger, seed) if scenario.population is not None else None
+    people = _people(scenario, env, city, engine, ledger, seed, people_port) \
+        if scenario.population is not None else None
     vehicles_per_trip = people.vehicles_per_platoon if people is not None else tr.platoon_pcu / tr.mean_pcu
     recorder = TrafficRecorder(engine, city, ledger, trips, vehicles_per_trip=vehicles_per_trip,
                                pcu_per_trip=float(tr.platoon_pcu))
@@ -219,7 +221,7 @@ def build_twin(scenario: Scenario, env: simpy.Environment, city: City, trips: Tr
     hazards.start()
     devices = None
     if scenario.devices is not None:
-        ioc = people.ctx.port.ioc if people is not None else None
+        ioc = getattr(people.ctx.port, "ioc", None) if people is not None else None
         devices = _devices(scenario, env, city, engine, hazards, ledger, seed, ioc,
                            vehicles_per_pcu=vehicles_per_trip / tr.platoon_pcu, transport=device_transport,
                            epoch=device_epoch, lead_s=device_lead_s)
@@ -228,8 +230,9 @@ def build_twin(scenario: Scenario, env: simpy.Environment, city: City, trips: Tr
 
 
 def _people(scenario: Scenario, env: simpy.Environment, city: City, engine: TrafficEngine, ledger: Ledger,
-            seed: int):
-    """The residents and, with field reporting, the IOC in memory they report to (virtual time)."""
+            seed: int, port=None):
+    """The residents and, with field reporting, the IOC they report to: `port`, or one in memory (virtual
+    time)."""
     from citytwin.agents.context import AgentContext  # the run brings the people in: the top of the flow
     from citytwin.agents.model import CityModel, agent_streams
 
@@ -237,8 +240,9 @@ def _people(scenario: Scenario, env: simpy.Environment, city: City, engine: Traf
 
     streams = agent_streams(seed)
     fr = scenario.field_reporting
-    port = InProcessPort(new_ioc(streams["ioc"], fr.organisation.deadlines if fr else None), ledger,
-                         start_s=scenario.start)
+    if port is None:
+        port = InProcessPort(new_ioc(streams["ioc"], fr.organisation.deadlines if fr else None), ledger,
+                             start_s=scenario.start)
     ctx = AgentContext(env=env, model=None, city=city, engine=engine, ledger=ledger, port=port,
                        start_s=scenario.start, duration_s=scenario.duration)
     return CityModel(scenario, ctx, streams)

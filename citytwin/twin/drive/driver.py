@@ -27,9 +27,11 @@ import simpy.rt
 from rich.live import Live
 
 from citytwin.devices_sim.encoders import entity_id, iota_topic
+from citytwin.ioc.core.catalog import DEFAULT_CATALOG
 
 from ..errors import UserInputError
 from ..ledger import Ledger
+from ..ports.live import PUMP_WALL_S, LivePort, WallClock
 from ..run import build_twin, load_inputs
 from ..scenario.schema import Scenario
 from . import live, thresholds
@@ -44,6 +46,7 @@ ADMIN_KEY_ENV = "CITYTWIN_ADMIN_KEY"
 LEAD_WALL_S = 0.5  # messages reach the sender this long before they are due
 SETTLE_S = 3.0  # after the last send, how long notifications and alerts may still arrive
 UPSERT_PATH = "/ngsi-ld/v1/entityOperations/upsert"
+PEOPLE_RATE_PER_S = 100_000.0  # the drive's citizen and operator keys: the IOC's rate limit is not the test
 EXIT_OK, EXIT_THRESHOLD, EXIT_INTERRUPTED = 0, 99, 130
 
 
@@ -151,10 +154,10 @@ class LiveDevices:
     """The device network's transport in a live drive: each message to the IOC at its intended wall time,
     over MQTT (IoT Agent JSON, each device with its own key) or as NGSI-LD batch upserts over HTTP."""
 
-    def __init__(self, sender: Sender, wall0: float, speedup: float, *, target: str, write_key: str,
+    def __init__(self, sender: Sender, clock: WallClock, *, target: str, write_key: str,
                  device_keys: dict[str, str] | None, qos: int, e2e: EndToEnd, shard: tuple[int, int] = (0, 1),
                  end_t: float = float("inf")):
-        self.sender, self.wall0, self.speedup = sender, wall0, speedup
+        self.sender, self.clock = sender, clock
         self.shard = shard
         self.end_t = end_t  # nothing due after the run's end is sent, however early it was handed over
         self.url = target.rstrip("/") + UPSERT_PATH
@@ -162,9 +165,6 @@ class LiveDevices:
         self.device_keys, self.qos, self.e2e = device_keys, qos, e2e
         self.wants_ngsi_ld = device_keys is None
         self.sent = 0
-
-    def intended(self, t: float) -> float:
-        return self.wall0 + t / self.speedup
 
     def send(self, kind, device_ids, payloads, batch, encoder, t: float) -> list:
         if t > self.end_t:
@@ -176,7 +176,7 @@ class LiveDevices:
             payloads = [p for p, m in zip(payloads, mine) if m]
             if not payloads:
                 return []
-        intended = self.intended(t)
+        intended = self.clock.intended(t)
         if self.device_keys is not None:
             for device, payload in zip(device_ids, payloads):
                 measures = json.loads(payload)
@@ -208,10 +208,8 @@ def drive(scenario: Scenario, options: DriveOptions, *, source: str = "scenario"
     With `options.workers` > 1 the devices are sharded over Ray actors, each running the same seeded world
     and sending its own share; their histograms merge exactly."""
     parsed = check_options(options)
-    if scenario.devices is None or not scenario.devices.fleets:
-        raise UserInputError(f"{source}: devices: nothing to drive — the scenario has no device fleet")
-    # The residents still make the traffic; their reports to a live IOC are not driven here.
-    scenario = scenario.model_copy(update={"field_reporting": None})
+    if (scenario.devices is None or not scenario.devices.fleets) and scenario.field_reporting is None:
+        raise UserInputError(f"{source}: nothing to drive — the scenario has neither devices nor field_reporting")
     city, trips = load_inputs(scenario, scenario.seed, source)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,7 +256,12 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
         if options.mqtt:
             _wait_for_ingest(options.target)
         env = simpy.rt.RealtimeEnvironment(factor=1.0 / options.speedup, strict=False)
-        wall0 = time.monotonic()
+        speedup = options.speedup
+        wall_clock = WallClock(to_wall_s=lambda t: t / speedup, to_virtual_s=lambda w: w * speedup)
+        started = wall_clock.utc0
+        people = None
+        if scenario.field_reporting is not None and index == 0:
+            people = _people_port(scenario, options, env, sender, ledger, wall_clock, stats)
 
         def transport(spec, ioc, runners, *, epoch, clock):
             mine = [(d, r.fleet.kind.ENTITY_TYPE) for r in runners for d in r.fleet.device_ids
@@ -268,12 +271,18 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
                 sender.connect_mqtt(options.mqtt)
                 keys = create_device_keys(options.target, options.admin_key, mine) if mine else {}
             subscribe(options.target, write_key, sorted({t for _, t in mine}) or ["Device"], notifications.url, None)
-            carrier["live"] = LiveDevices(sender, wall0, options.speedup, target=options.target, write_key=write_key,
+            carrier["live"] = LiveDevices(sender, wall_clock, target=options.target, write_key=write_key,
                                           device_keys=keys, qos=options.qos, e2e=e2e, shard=shard, end_t=virtual_end)
             return carrier["live"]
 
         twin = build_twin(scenario, env, city, trips, ledger, seed, device_transport=transport,
-                          device_epoch=started, device_lead_s=LEAD_WALL_S * options.speedup)
+                          device_epoch=started, device_lead_s=LEAD_WALL_S * options.speedup, people_port=people)
+        # Building the world took wall time: virtual t = 0 is now, or the first minutes would fire at once.
+        env.sync()
+        wall_clock.restart()
+        wall0 = wall_clock.wall0
+        if people is not None:
+            people.begin()
         showing = not options.quiet and console is not None
         view = Live(console=console, auto_refresh=False) if showing and console.is_terminal else None
         if showing:
@@ -288,8 +297,10 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
             if view is not None:
                 view.stop()  # the last table stays on screen
         reached = env.now
-        twin.finish()
         _settle(sender, SETTLE_S)
+        if people is not None:
+            people.deliver()  # the answers that came in after the end still go to the ledger
+        twin.finish()
         wall = time.monotonic() - wall0
     finally:
         sender.stop()
@@ -304,8 +315,27 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
             "started_at": started.isoformat(), "wall_s": round(wall, 3), "virtual_s": round(reached, 3),
             "interrupted": interrupted, "messages": carrier["live"].sent if carrier else 0,
             "devices": sum(len(r.fleet.device_ids) for r in twin.devices.runners) if twin.devices else 0,
-            "workers": count}
+            "people_live": people is not None, "workers": count}
     return stats, meta
+
+
+def _people_port(scenario: Scenario, options: DriveOptions, env, sender: Sender, ledger: Ledger, clock: WallClock,
+                 stats: Stats) -> LivePort:
+    """Citizens on Open311 and operators and crews on the operator API, each side with its own key (one
+    app backend's key for every resident; a high rate, as the load is the point)."""
+    citizen_key = create_key(options.target, options.admin_key, "citizen", label="citytwin drive: residents",
+                             rate_per_s=PEOPLE_RATE_PER_S)
+    operator_key = create_key(options.target, options.admin_key, "operator",
+                              label="citytwin drive: operators and crews", rate_per_s=PEOPLE_RATE_PER_S)
+    deadlines = {code: service.sla.total_seconds() for code, service in DEFAULT_CATALOG.items()}
+    deadlines.update(scenario.field_reporting.organisation.deadlines)
+
+    def closed_seen(posted: float, seen: float) -> None:
+        stats.record_latency("e2e.report", seen - posted, at=seen)
+
+    return LivePort(env, sender, ledger, clock, target=options.target, citizen_key=citizen_key,
+                    operator_key=operator_key, deadlines_s=deadlines, on_closed_seen=closed_seen,
+                    pump_every_s=PUMP_WALL_S * options.speedup)
 
 
 def in_shard(device_id: str, index: int, count: int) -> bool:

@@ -8,7 +8,9 @@ are virtual seconds since the scenario start; the port turns them into the IOC's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import simpy
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ class RequestView:
 
 
 class FieldReportPort(Protocol):
+    """Every call answers with its value, or (a live port) with a SimPy event the IOC's answer completes,
+    None when the IOC failed. Agents take either with `answer(...)`."""
+
     def deadlines(self) -> dict[str, float]:
         """Each category's deadline in seconds (Open311 services with their SLA)."""
 
@@ -60,7 +65,11 @@ class FieldReportPort(Protocol):
 
     def by_token(self, token: str, t: float) -> RequestView: ...
 
-    def view(self, request_id: int, t: float) -> RequestView: ...
+    def view(self, request_id: int, t: float) -> RequestView:
+        """The request as an operator sees it (with duplicate_of and the full workflow state)."""
+
+    def public(self, request_id: int, t: float) -> RequestView:
+        """The request as anyone sees it (Open311 GET /requests/{id}): what a reporter follows."""
 
     def acknowledge(self, request_id: int, actor: str, t: float, note: str = "") -> RequestView: ...
 
@@ -73,3 +82,12 @@ class FieldReportPort(Protocol):
     def close(self, request_id: int, actor: str, t: float, note: str = "") -> RequestView: ...
 
     def mark_duplicate(self, request_id: int, of_id: int, actor: str, t: float) -> RequestView: ...
+
+
+def answer(reply: Any):
+    """The port's reply inside an agent's process: `value = yield from answer(port.view(...))`. An in-process
+    port answers at once and nothing is yielded, so a simulated run's order of events is unchanged; a live
+    port's event is waited for."""
+    if isinstance(reply, simpy.Event):
+        reply = yield reply
+    return reply

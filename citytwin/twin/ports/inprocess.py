@@ -66,6 +66,8 @@ class InProcessPort:
     def view(self, request_id: int, t: float) -> RequestView:
         return self._view(self.ioc.get_request(request_id))
 
+    public = view  # in memory the public and the operator see the same record
+
     # -- operators and crews ---------------------------------------------------------------------------
     def acknowledge(self, request_id: int, actor: str, t: float, note: str = "") -> RequestView:
         return self._step(self.ioc.acknowledge(request_id, actor, self.at(t), note), actor, t, note)
