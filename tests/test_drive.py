@@ -225,7 +225,7 @@ def test_citizens_operators_and_crews_close_the_loop_over_open311_and_the_operat
     for key in ("open311.post", "open311.token", "open311.get", "operator.get", "operator.assign", "operator.start",
                 "operator.resolve", "operator.close", "e2e.report"):
         assert keys[key]["count"] > 0, key
-    assert summary["meta"]["people_live"] and summary["meta"]["devices"] == 0
+    assert summary["meta"]["reports"] == keys["open311.post"]["count"] and summary["meta"]["devices"] == 0
 
     table = read_ledger(out / "ledger.parquet")
     submitted = events(table, "report.submitted")
@@ -243,3 +243,25 @@ def test_citizens_operators_and_crews_close_the_loop_over_open311_and_the_operat
     checked = events(table, "report.checked")
     assert len(checked) > 0 and set(checked.request_id.dropna().astype(int)) <= ids
     assert isinstance(checked, pd.DataFrame)
+
+
+def test_two_ray_workers_share_the_reports_each_sent_once(tmp_path, server):
+    """Each worker runs the same world and sends the reports whose key it owns: both send some, no report is
+    sent by both, and the merged counts are the shards' sum."""
+    from citytwin.twin.ledger import events, read_ledger
+
+    process, admin, _ = server
+    path = tmp_path / "people.yaml"
+    path.write_text(PEOPLE, encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "7200",
+                 "--out", str(out), "--quiet", "--workers", "2", "--threshold", "errors<1%"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    shards = summary["meta"]["shard_reports"]
+    assert len(shards) == 2 and all(n > 0 for n in shards)
+    assert summary["keys"]["open311.post"]["count"] == sum(shards) == summary["meta"]["reports"]
+    assert summary["keys"]["e2e.report"]["count"] > 0
+    sent = [set(events(read_ledger(out / f"shard-{i}" / "ledger.parquet"), "report.submitted").subject)
+            for i in range(2)]
+    assert not sent[0] & sent[1] and len(sent[0]) + len(sent[1]) == sum(shards)

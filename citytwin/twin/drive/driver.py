@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import simpy.rt
 from rich.live import Live
 
@@ -31,7 +32,8 @@ from citytwin.ioc.core.catalog import DEFAULT_CATALOG
 
 from ..errors import UserInputError
 from ..ledger import Ledger
-from ..ports.live import PUMP_WALL_S, LivePort, WallClock
+from ..ports import InProcessPort, new_ioc
+from ..ports.live import PUMP_WALL_S, DiscardLedger, LivePort, ShardedPort, WallClock
 from ..run import build_twin, load_inputs
 from ..scenario.schema import Scenario
 from . import live, thresholds
@@ -260,8 +262,8 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
         wall_clock = WallClock(to_wall_s=lambda t: t / speedup, to_virtual_s=lambda w: w * speedup)
         started = wall_clock.utc0
         people = None
-        if scenario.field_reporting is not None and index == 0:
-            people = _people_port(scenario, options, env, sender, ledger, wall_clock, stats)
+        if scenario.field_reporting is not None:
+            people = _people_port(scenario, options, env, sender, ledger, wall_clock, stats, shard)
 
         def transport(spec, ioc, runners, *, epoch, clock):
             mine = [(d, r.fleet.kind.ENTITY_TYPE) for r in runners for d in r.fleet.device_ids
@@ -315,14 +317,15 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
             "started_at": started.isoformat(), "wall_s": round(wall, 3), "virtual_s": round(reached, 3),
             "interrupted": interrupted, "messages": carrier["live"].sent if carrier else 0,
             "devices": sum(len(r.fleet.device_ids) for r in twin.devices.runners) if twin.devices else 0,
-            "people_live": people is not None, "workers": count}
+            "reports": people.submitted if people is not None else 0, "workers": count}
     return stats, meta
 
 
 def _people_port(scenario: Scenario, options: DriveOptions, env, sender: Sender, ledger: Ledger, clock: WallClock,
-                 stats: Stats) -> LivePort:
+                 stats: Stats, shard: tuple[int, int]) -> LivePort | ShardedPort:
     """Citizens on Open311 and operators and crews on the operator API, each side with its own key (one
-    app backend's key for every resident; a high rate, as the load is the point)."""
+    app backend's key for every resident; a high rate, as the load is the point). A shard sends the reports
+    whose key it owns and keeps the others in memory."""
     citizen_key = create_key(options.target, options.admin_key, "citizen", label="citytwin drive: residents",
                              rate_per_s=PEOPLE_RATE_PER_S)
     operator_key = create_key(options.target, options.admin_key, "operator",
@@ -333,14 +336,20 @@ def _people_port(scenario: Scenario, options: DriveOptions, env, sender: Sender,
     def closed_seen(posted: float, seen: float) -> None:
         stats.record_latency("e2e.report", seen - posted, at=seen)
 
-    return LivePort(env, sender, ledger, clock, target=options.target, citizen_key=citizen_key,
+    port = LivePort(env, sender, ledger, clock, target=options.target, citizen_key=citizen_key,
                     operator_key=operator_key, deadlines_s=deadlines, on_closed_seen=closed_seen,
                     pump_every_s=PUMP_WALL_S * options.speedup)
+    index, count = shard
+    if count == 1:
+        return port
+    rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(7, index)))
+    local = InProcessPort(new_ioc(rng, deadlines), DiscardLedger(), start_s=scenario.start)
+    return ShardedPort(port, local, owns=lambda key: in_shard(key, index, count))
 
 
-def in_shard(device_id: str, index: int, count: int) -> bool:
-    """A device's shard: stable across processes and runs (not Python's salted hash)."""
-    return count == 1 or zlib.crc32(device_id.encode()) % count == index
+def in_shard(key: str, index: int, count: int) -> bool:
+    """A device's or a report's shard: stable across processes and runs (not Python's salted hash)."""
+    return count == 1 or zlib.crc32(key.encode()) % count == index
 
 
 def _drive_sharded(scenario: Scenario, options: DriveOptions, source: str) -> tuple[Stats, dict]:
@@ -363,7 +372,8 @@ def _drive_sharded(scenario: Scenario, options: DriveOptions, source: str) -> tu
     metas = [m for _, m in shards]
     meta = {**metas[0], "wall_s": max(m["wall_s"] for m in metas), "messages": sum(m["messages"] for m in metas),
             "interrupted": any(m["interrupted"] for m in metas), "workers": options.workers,
-            "shard_messages": [m["messages"] for m in metas]}
+            "reports": sum(m["reports"] for m in metas), "shard_messages": [m["messages"] for m in metas],
+            "shard_reports": [m["reports"] for m in metas]}
     return stats, meta
 
 

@@ -84,7 +84,8 @@ class LivePort:
         self._answers: list[tuple[simpy.Event, Any, Callable[[Any], Any] | None]] = []
         self._ids: dict[str, int] = {}  # token → request id, as GET /tokens told the reporter
         self._posted: dict[str, float] = {}  # token → the POST's intended wall time, until seen closed
-        self.failed = 0
+        self.submitted = 0  # reports sent
+        self.failed = 0  # answers that were an error
         self._pumping = False
 
     def begin(self) -> None:
@@ -106,6 +107,7 @@ class LivePort:
         headers = {**self._citizen, "Content-Type": "application/x-www-form-urlencoded",
                    "Idempotency-Key": report.key}  # a retried POST is the same report
         intended = self.clock.intended(t)
+        self.submitted += 1
 
         def receipt(answer: Any) -> Receipt:
             [doc] = answer
@@ -256,3 +258,90 @@ def _json_then(make: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """A sender `check`: the answer's JSON made into the port's value (a missing field, a wrong shape:
     the sender counts it as an invalid body)."""
     return lambda response: make(response.json())
+
+
+class ShardedPort:
+    """One shard of a drive over several workers: every worker runs the same seeded world, and a report (with
+    everything done about it: the reporter's checks, triage, the crew's steps) goes to the live IOC from the
+    worker that owns its key, and to an IOC in memory everywhere else, so the live IOC gets each report once.
+
+    The in-memory requests are told apart by their ids (negated: the IOC's ids are positive) and their tokens
+    (prefixed), so every later call finds its way back to the IOC that holds the request."""
+
+    LOCAL_TOKEN = "~"
+
+    def __init__(self, live: LivePort, local: Any, owns: Callable[[str], bool]):
+        self.live, self.local, self.owns = live, local, owns
+
+    def begin(self) -> None:
+        self.live.begin()
+
+    def deliver(self) -> int:
+        return self.live.deliver()
+
+    @property
+    def submitted(self) -> int:
+        return self.live.submitted
+
+    def deadlines(self) -> dict[str, float]:
+        return self.live.deadlines()
+
+    def submit(self, report: Report, t: float) -> Any:
+        if self.owns(report.key):
+            return self.live.submit(report, t)
+        got = self.local.submit(report, t)
+        return Receipt(request_id=-got.request_id, token=self.LOCAL_TOKEN + got.token,
+                       duplicate_of=_local_id(got.duplicate_of), deadline_t=got.deadline_t)
+
+    def by_token(self, token: str, t: float) -> Any:
+        if token.startswith(self.LOCAL_TOKEN):
+            return _local_view(self.local.by_token(token[len(self.LOCAL_TOKEN):], t))
+        return self.live.by_token(token, t)
+
+    def public(self, request_id: int, t: float) -> Any:
+        return self._route(request_id, "public", t)
+
+    def view(self, request_id: int, t: float) -> Any:
+        return self._route(request_id, "view", t)
+
+    def acknowledge(self, request_id: int, actor: str, t: float, note: str = "") -> Any:
+        return self._route(request_id, "acknowledge", actor, t, note)
+
+    def assign(self, request_id: int, actor: str, assignee: str, t: float, note: str = "") -> Any:
+        return self._route(request_id, "assign", actor, assignee, t, note)
+
+    def start(self, request_id: int, actor: str, t: float, note: str = "") -> Any:
+        return self._route(request_id, "start", actor, t, note)
+
+    def resolve(self, request_id: int, actor: str, t: float, note: str = "") -> Any:
+        return self._route(request_id, "resolve", actor, t, note)
+
+    def close(self, request_id: int, actor: str, t: float, note: str = "") -> Any:
+        return self._route(request_id, "close", actor, t, note)
+
+    def mark_duplicate(self, request_id: int, of_id: int, actor: str, t: float) -> Any:
+        if request_id > 0:
+            return self.live.mark_duplicate(request_id, of_id, actor, t)
+        return _local_view(self.local.mark_duplicate(-request_id, -of_id, actor, t))
+
+    def _route(self, request_id: int, name: str, *args: Any) -> Any:
+        if request_id > 0:
+            return getattr(self.live, name)(request_id, *args)
+        return _local_view(getattr(self.local, name)(-request_id, *args))
+
+
+def _local_id(request_id: int | None) -> int | None:
+    return None if request_id is None else -request_id
+
+
+def _local_view(view: RequestView) -> RequestView:
+    return RequestView(request_id=-view.request_id, status=view.status, note=view.note,
+                       duplicate_of=_local_id(view.duplicate_of), category=view.category,
+                       deadline_t=view.deadline_t, updated_t=view.updated_t)
+
+
+class DiscardLedger:
+    """Where the in-memory IOC of a sharded drive writes: nowhere (its requests are another worker's)."""
+
+    def append(self, kind: str, t: float, subject: str = "", **fields: Any) -> None:
+        pass
