@@ -150,7 +150,9 @@ def test_the_ioc_going_down_mid_run_is_counted_not_waited_for(tmp_path):
     assert upsert["count"] > upsert["errors"]["connection"]  # what went before the kill succeeded
 
 
-def test_sigterm_writes_the_results_for_the_time_run(tmp_path, server):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_writes_the_results_for_the_time_run(tmp_path, server, workers):
+    """One process, or Ray workers asked to stop by the driver: either way the results so far are written."""
     import signal
     import subprocess
     import sys
@@ -162,7 +164,7 @@ def test_sigterm_writes_the_results_for_the_time_run(tmp_path, server):
     out = tmp_path / "out"
     child = subprocess.Popen([sys.executable, "-m", "citytwin.twin.cli", "drive", str(path), "--target", process.url,
                               "--admin-key", admin, "--speedup", "900", "--duration", "60s", "--out", str(out),
-                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                              "--quiet", "--workers", workers], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = process.log_path
     before = log.read_text().count("entityOperations/upsert")
     deadline = time.monotonic() + 60
@@ -173,9 +175,30 @@ def test_sigterm_writes_the_results_for_the_time_run(tmp_path, server):
     code = child.wait(timeout=60)
     assert code == 130
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["meta"]["interrupted"] is True
+    assert summary["meta"]["interrupted"] is True and summary["meta"]["workers"] == int(workers)
     assert summary["keys"]["ngsild.upsert"]["count"] > 0
     assert (out / "report.html").exists() and (out / "stats.csv").exists()
+
+
+def test_ray_workers_show_the_merged_live_table(tmp_path, server):
+    import io
+
+    from rich.console import Console
+
+    from citytwin.twin.drive.driver import DriveOptions, drive
+    from citytwin.twin.scenario.loader import load_scenario
+
+    process, admin, _ = server
+    path = tmp_path / "drive.yaml"
+    path.write_text(SCENARIO, encoding="utf-8")
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=200)
+    options = DriveOptions(target=process.url, admin_key=admin, speedup=900, duration_s=6.0, out=tmp_path / "out",
+                           workers=2, live_every_s=0.5)
+    result = drive(load_scenario(path), options, console=console)
+    assert result.exit_code == 0
+    shown = screen.getvalue()
+    assert "citytwin drive" in shown and "ngsild.upsert" in shown and "in flight" in shown
 
 
 # Residents who notice garbage at home and potholes, report in the app, on the web and by hotline, and check

@@ -17,6 +17,7 @@ import threading
 import time
 import zlib
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -216,7 +217,7 @@ def drive(scenario: Scenario, options: DriveOptions, *, source: str = "scenario"
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     if options.workers > 1:
-        stats, meta = _drive_sharded(scenario, options, source)
+        stats, meta = _drive_sharded(scenario, options, source, console=console)
     else:
         stats, meta = drive_shard(scenario, options, city, trips, shard=(0, 1), console=console)
     results = thresholds.evaluate(parsed, stats, meta["wall_s"])
@@ -229,9 +230,11 @@ def drive(scenario: Scenario, options: DriveOptions, *, source: str = "scenario"
 
 
 def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard: tuple[int, int],
-                console=None) -> tuple[Stats, dict]:
-    """One shard of the drive: the whole seeded world, sending the messages of the devices in `shard`
-    (index, count). Its ledger goes to `out/ledger.parquet` (a shard's to `out/shard-<i>/`)."""
+                console=None, stop: threading.Event | None = None,
+                on_start: Callable[[Stats, Sender], None] | None = None) -> tuple[Stats, dict]:
+    """One shard of the drive: the whole seeded world, sending the messages of the devices and the reports
+    in `shard` (index, count). Its ledger goes to `out/ledger.parquet` (a shard's to `out/shard-<i>/`).
+    Setting `stop` ends it as Ctrl-C does; `on_start(stats, sender)` is told what it records into."""
     index, count = shard
     seed = scenario.seed
     virtual_end = scenario.duration if options.duration_s is None else \
@@ -285,6 +288,10 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
         wall0 = wall_clock.wall0
         if people is not None:
             people.begin()
+        if stop is not None:
+            env.process(_stop_when_set(env, stop, options.speedup))
+        if on_start is not None:
+            on_start(stats, sender)
         showing = not options.quiet and console is not None
         view = Live(console=console, auto_refresh=False) if showing and console.is_terminal else None
         if showing:
@@ -352,19 +359,50 @@ def in_shard(key: str, index: int, count: int) -> bool:
     return count == 1 or zlib.crc32(key.encode()) % count == index
 
 
-def _drive_sharded(scenario: Scenario, options: DriveOptions, source: str) -> tuple[Stats, dict]:
-    """The shards on Ray actors (this machine, or the cluster at `options.ray_address`), merged exactly."""
+def _drive_sharded(scenario: Scenario, options: DriveOptions, source: str, *, console=None) -> tuple[Stats, dict]:
+    """The shards on Ray actors (this machine, or the cluster at `options.ray_address`), merged exactly. While
+    they run, their statistics are merged into the live table; Ctrl-C or SIGTERM asks every shard to stop
+    and still collects what each recorded (a second Ctrl-C gives up on them)."""
     import ray
 
     ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True, **({} if options.ray_address else {"num_cpus": options.workers}))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    showing = not options.quiet and console is not None
+    view = Live(console=console, auto_refresh=False) if showing and console.is_terminal else None
     try:
-        worker = ray.remote(num_cpus=1)(_ShardWorker)
+        worker = ray.remote(num_cpus=1, max_concurrency=2)(_ShardWorker)  # a second thread answers progress
         actors = [worker.remote() for _ in range(options.workers)]
         calls = [a.run.remote(scenario, options, source, (i, options.workers)) for i, a in enumerate(actors)]
-        timeout = (options.duration_s or scenario.duration / options.speedup) + 300.0  # bounded: world build + settle
-        shards = ray.get(calls, timeout=timeout)
+        # Bounded: the drive itself, plus building the world and settling.
+        deadline = time.monotonic() + (options.duration_s or scenario.duration / options.speedup) + 300.0
+        every = options.live_every_s if view is not None else max(options.live_every_s, 10.0)
+        if view is not None:
+            view.start()
+        stopping = False
+        while True:
+            try:
+                _, running = ray.wait(calls, num_returns=len(calls), timeout=every)
+                if not running:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the {options.workers} drive workers did not finish in time")
+                if showing:
+                    _show_progress(actors, options, console, view)
+            except KeyboardInterrupt:
+                if stopping:
+                    raise
+                stopping = True
+                for actor in actors:
+                    actor.stop.remote()
+                deadline = min(deadline, time.monotonic() + SETTLE_S + 60.0)
+        shards = ray.get(calls, timeout=60.0)
     finally:
+        if view is not None:
+            view.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
     stats = Stats.from_dict(shards[0][0])
     for data, _ in shards[1:]:
@@ -377,13 +415,59 @@ def _drive_sharded(scenario: Scenario, options: DriveOptions, source: str) -> tu
     return stats, meta
 
 
+def _show_progress(actors: list, options: DriveOptions, console, view: Live | None) -> None:
+    """The shards' statistics so far, merged, as the live table."""
+    import ray
+
+    try:
+        snapshots = [snap for snap in ray.get([a.progress.remote() for a in actors], timeout=5.0) if snap]
+    except ray.exceptions.GetTimeoutError:
+        return  # a busy worker: the table waits for the next round
+    if not snapshots:
+        return
+    stats = Stats.from_dict(snapshots[0][0])
+    for data, _ in snapshots[1:]:
+        stats.merge(Stats.from_dict(data))
+    in_flight = sum(n for _, n in snapshots)
+    table = live.table(stats, time.monotonic() - stats.start, in_flight=in_flight)
+    if view is not None:
+        view.update(table, refresh=True)
+    else:
+        console.print(table)
+
+
 class _ShardWorker:
-    """A Ray actor: one shard of the drive, in its own process."""
+    """A Ray actor: one shard of the drive, in its own process. `progress` and `stop` come in on the actor's
+    second thread while `run` works."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._running: tuple[Stats, Sender] | None = None
 
     def run(self, scenario: Scenario, options: DriveOptions, source: str, shard: tuple[int, int]):
         city, trips = load_inputs(scenario, scenario.seed, source)
-        stats, meta = drive_shard(scenario, options, city, trips, shard=shard)
+        stats, meta = drive_shard(scenario, options, city, trips, shard=shard, stop=self._stop,
+                                  on_start=self._started)
         return stats.to_dict(), meta
+
+    def _started(self, stats: Stats, sender: Sender) -> None:
+        self._running = (stats, sender)
+
+    def progress(self) -> tuple[dict, int] | None:
+        if self._running is None:
+            return None
+        stats, sender = self._running
+        return stats.to_dict(), sender.in_flight
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _stop_when_set(env, stop: threading.Event, speedup: float):
+    """Ends the shard's run as Ctrl-C would, soon after `stop` is set (a process on the real-time clock)."""
+    while not stop.is_set():
+        yield env.timeout(0.1 * speedup)
+    raise KeyboardInterrupt
 
 
 def _wait_for_ingest(target: str, timeout_s: float = 10.0) -> bool:
