@@ -288,3 +288,39 @@ def test_two_ray_workers_share_the_reports_each_sent_once(tmp_path, server):
     sent = [set(events(read_ledger(out / f"shard-{i}" / "ledger.parquet"), "report.submitted").subject)
             for i in range(2)]
     assert not sent[0] & sent[1] and len(sent[0]) + len(sent[1]) == sum(shards)
+
+
+def test_from_fast_forwards_the_day_and_a_shape_sets_the_pace(tmp_path, server):
+    """--from 10:00: nothing made before 10:00 is sent (those reports stay in memory); --shape step: 2 s at
+    1x then 4x, so the four hours left take 2 + (4 h - 1 h) / 4x wall seconds."""
+    from citytwin.twin.ledger import events, read_ledger
+
+    process, admin, _ = server
+    path = tmp_path / "people.yaml"
+    path.write_text(PEOPLE, encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "1800",
+                 "--from", "10:00", "--shape", "step:2s:1,4", "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    meta = summary["meta"]
+    assert (meta["from"], meta["virtual_from_s"], meta["shape"]) == ("10:00", 4 * 3600.0, "step:2s:1,4")
+    assert meta["virtual_s"] == 8 * 3600.0
+    expected_wall = 2.0 + (4 * 3600.0 - 3600.0) / (4 * 1800.0)  # 3.5 s
+    assert expected_wall <= meta["wall_s"] < expected_wall + 6.0  # + settling, on a shared machine
+    submitted = events(read_ledger(out / "ledger.parquet"), "report.submitted")
+    assert len(submitted) == summary["keys"]["open311.post"]["count"] > 0
+    assert submitted.t.min() >= 4 * 3600.0
+
+
+@pytest.mark.parametrize("args, says", [(["--from", "25:00"], "--from"), (["--from", "7h"], "ends before it"),
+                                        (["--shape", "wave:1m"], "--shape"), (["--shape", "ramp:1m:0-0"], "never")])
+def test_a_bad_pace_is_bad_input(tmp_path, server, capsys, args, says):
+    process, admin, _ = server
+    path = tmp_path / "people.yaml"
+    path.write_text(PEOPLE.replace("duration: 8h", "duration: 6h"), encoding="utf-8")
+    code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--out", str(tmp_path / "out"),
+                 "--quiet", *args])
+    assert code == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,8 @@ EPILOG = """\
 verbs:
   validate   check scenario files against the schema (exit 0, or 2 with one line per problem)
   run        simulate a scenario and write ledger.parquet, kpis.json and report.html
-  drive      send a scenario's device fleet to a live IOC in wall-clock time and measure it (open model)
+  drive      drive a live IOC with the scenario's citizens, operators, crews and devices in wall-clock
+             time and measure it (open model)
   ioc        run the reference IOC server (Open311, NGSI-LD, MQTT, dashboard), manage its keys
 
 examples:
@@ -24,7 +25,9 @@ examples:
   citytwin run scenarios/camera_budget.yaml     # four camera placements compared on the same day
   citytwin ioc serve --db sqlite:///ioc.sqlite3 --port 8311 --mqtt mqtt://127.0.0.1:1883
   citytwin drive scenarios/typhoon_flood.yaml --target http://127.0.0.1:8311 --mqtt mqtt://127.0.0.1:1883 \
-      --speedup 60 --duration 2m --threshold "mqtt.publish.p99<300ms" --threshold "errors<1%"
+      --speedup 60 --from 08:30 --duration 2m --threshold "mqtt.publish.p99<300ms" --threshold "errors<1%"
+  citytwin drive scenarios/danang_pilot.yaml --speedup 120 --shape ramp:5m:0.5-10 \
+      --threshold "open311.post.p99<300ms" --threshold "e2e.report.p95<60s"
 """
 
 
@@ -60,21 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     drive = verbs.add_parser(
-        "drive", help="drive a live IOC with the scenario's devices", formatter_class=argparse.RawDescriptionHelpFormatter,
+        "drive", help="drive a live IOC with the scenario's people and devices",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the scenario in wall-clock time (one virtual second every 1/SPEEDUP s) and send every\n"
-        "message of its device fleet to the IOC at --target (NGSI-LD over HTTP, or IoT Agent JSON over MQTT\n"
-        "with --mqtt) at its intended time, whatever the IOC does: an open model, latency measured from the\n"
-        "intended send time (no coordinated omission), in HDR histograms. Device keys and an NGSI-LD\n"
-        "subscription are provisioned with the admin key; a listener takes the IOC's notifications and its\n"
-        "alerts on MQTT (citytwin/alerts/#) for end-to-end times. Writes into --out: summary.json,\n"
+        "interaction to the IOC at --target at its intended time, whatever the IOC does: an open model,\n"
+        "latency measured from the intended send time (no coordinated omission), in HDR histograms.\n"
+        "  devices    NGSI-LD batch upserts over HTTP, or IoT Agent JSON over MQTT with --mqtt\n"
+        "  citizens   Open311: POST /requests, then GET /tokens and /requests as they check on it\n"
+        "  operators  the operator API: open, acknowledge, assign, mark duplicates\n"
+        "  crews      the operator API: assign, start, resolve, close (driving at the twin's speeds)\n"
+        "Closed loop: the ids the IOC answers are what reporters poll and operators and crews act on.\n"
+        "Keys, device keys and an NGSI-LD subscription are provisioned with the admin key; a listener takes\n"
+        "the IOC's notifications and its alerts on MQTT (citytwin/alerts/#) for end-to-end times.\n\n"
+        "load shapes (--shape, multipliers of --speedup over the drive's wall time; the scenario's own day,\n"
+        "its peaks and a typhoon's surge, rides on top):\n"
+        "  ramp:2m:0.1-4   from 0.1x to 4x over 2 minutes, then hold   step:1m:1,2,4   1x, 2x, 4x a minute each\n"
+        "  spike:1m:30s:10 10x for 30 s after a minute                  soak:2h         1x for two hours\n"
+        "  stages:30s:1,1m:5,30s:0   k6-style stages from 1x\n\n"
+        "Writes into --out: summary.json,\n"
         "Locust-compatible stats.csv, stats_history.csv and failures.csv, report.html, ledger.parquet.\n"
         "Exit codes: 0 all thresholds held, 99 a threshold failed, 2 bad input, 1 the IOC could not be\n"
         "reached, 130 interrupted (results are still written).\n\n"
         "thresholds (k6 style, repeatable): [key.]stat OP value[unit]\n"
-        "  keys: mqtt.publish, ngsild.upsert, e2e.entity, e2e.alert (a prefix selects all under it)\n"
+        "  keys: mqtt.publish, ngsild.upsert, open311.post|token|get, operator.get|acknowledge|assign|start|\n"
+        "        resolve|close|duplicate, e2e.entity, e2e.alert, e2e.report (a prefix selects all under it)\n"
         "  stats: p50 p90 p95 p99 p99.9 max min avg (us, ms, s), errors (%), rate (/s), count\n"
         "  e.g.  --threshold 'mqtt.publish.p99<300ms' --threshold 'errors<1%' --threshold 'e2e.alert.p95<5s'")
-    drive.add_argument("scenario", type=Path, help="scenario YAML file (with a devices: section)")
+    drive.add_argument("scenario", type=Path, help="scenario YAML file (with devices: or field_reporting:)")
     drive.add_argument("--target", default="http://127.0.0.1:8311", metavar="URL",
                        help="the IOC's base URL (default: http://127.0.0.1:8311, the reference IOC on loopback)")
     drive.add_argument("--mqtt", default=None, metavar="URL",
@@ -82,7 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     drive.add_argument("--speedup", type=float, default=60.0, metavar="X",
                        help="virtual seconds per wall second (default 60: a day in 24 minutes)")
     drive.add_argument("--duration", default=None, metavar="D",
-                       help="wall time to run, e.g. 2m or 90s (default: the scenario's duration / speedup)")
+                       help="wall time to run, e.g. 2m or 90s (default: the shape's length, or the rest of the "
+                            "scenario at this pace)")
+    drive.add_argument("--shape", default="constant", metavar="SHAPE",
+                       help="load shape: the speedup's multiplier over time (see above; default constant)")
+    drive.add_argument("--from", dest="start_at", default=None, metavar="HH:MM",
+                       help="start sending at this time of the scenario's day (or an offset such as 6h); the world "
+                            "before it is simulated as fast as it goes and nothing of it is sent")
     drive.add_argument("--out", type=Path, default=None, metavar="DIR",
                        help="results directory (default: results/<scenario name>-drive)")
     drive.add_argument("--threshold", action="append", default=[], metavar="EXPR",
@@ -91,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the IOC's admin API key (default: $CITYTWIN_ADMIN_KEY)")
     drive.add_argument("--qos", type=int, choices=(0, 1), default=1, help="MQTT QoS (default 1)")
     drive.add_argument("--workers", type=int, default=1, metavar="N",
-                       help="shard the devices over N Ray actors, each running the same seeded world and sending "
-                            "its share; histograms merge exactly (default 1: this process, with the live table)")
+                       help="shard the devices and the reports over N Ray actors, each running the same seeded "
+                            "world and sending its share; histograms merge exactly (default 1: this process)")
     drive.add_argument("--ray-address", default=None, metavar="ADDR",
                        help="a Ray cluster to run the workers on (default: a local Ray on this machine)")
     drive.add_argument("--quiet", action="store_true", help="no live table")
@@ -160,7 +181,8 @@ def _drive(args: argparse.Namespace) -> int:
     options = DriveOptions(target=args.target, mqtt=args.mqtt, speedup=args.speedup, duration_s=duration,
                            out=args.out or Path("results") / f"{scenario.name}-drive", thresholds=args.threshold,
                            admin_key=admin_key_from(args.admin_key), qos=args.qos, workers=args.workers,
-                           ray_address=args.ray_address, quiet=args.quiet)
+                           ray_address=args.ray_address, quiet=args.quiet, shape=args.shape,
+                           start_at=args.start_at)
     try:
         result = drive(scenario, options, source=str(args.scenario), console=Console())
     except ConnectionError as err:

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
-import simpy.rt
 from rich.live import Live
 
 from citytwin.devices_sim.encoders import entity_id, iota_topic
@@ -37,9 +36,11 @@ from ..ports import InProcessPort, new_ioc
 from ..ports.live import PUMP_WALL_S, DiscardLedger, LivePort, ShardedPort, WallClock
 from ..run import build_twin, load_inputs
 from ..scenario.schema import Scenario
+from ..scenario.units import format_clock, parse_clock, parse_duration
 from . import live, thresholds
 from .listener import AlertListener, NotificationListener
 from .outputs import write_locust_csvs, write_summary
+from .pace import Pace, PacedEnvironment, parse_shape
 from .provision import create_device_keys, create_key, subscribe
 from .report import write_drive_report
 from .sender import Sender
@@ -65,6 +66,8 @@ class DriveOptions:
     qos: int = 1
     workers: int = 1
     ray_address: str | None = None
+    shape: str = "constant"  # a load shape (pace.parse_shape): the speedup's multiplier over the drive
+    start_at: str | None = None  # HH:MM of the scenario's day (or an offset like 6h) to start sending at
     live_every_s: float = 2.0
     quiet: bool = False
 
@@ -99,11 +102,34 @@ def check_options(options: DriveOptions) -> list[thresholds.Threshold]:
             parsed.append(thresholds.parse(expr))
         except ValueError as err:
             problems.append(f"--threshold {expr!r}: {err}")
+    try:
+        parse_shape(options.shape)
+    except ValueError as err:
+        problems.append(f"--shape {options.shape!r}: {err}")
     if not options.admin_key:
         problems.append(f"--admin-key: the IOC's admin key is needed to provision the devices (or set ${ADMIN_KEY_ENV})")
     if problems:
         raise UserInputError(problems)
     return parsed
+
+
+def pace_of(scenario: Scenario, options: DriveOptions) -> tuple[Pace, float]:
+    """The drive's pace (speedup, shape, where in the day it starts) and the virtual time it ends at."""
+    from_t = 0.0
+    if options.start_at:
+        text = options.start_at.strip()
+        try:
+            from_t = (parse_clock(text) - scenario.start) % 86400.0 if ":" in text else parse_duration(text)
+        except ValueError as err:
+            raise UserInputError(f"--from {text!r}: {err} (a clock time of the scenario's day, or an offset "
+                                 "from its start such as 6h)") from None
+        if from_t >= scenario.duration:
+            raise UserInputError(f"--from {text!r}: the scenario ({format_clock(scenario.start)} for "
+                                 f"{scenario.duration / 3600:g} h) ends before it")
+    shape = parse_shape(options.shape)
+    pace = Pace(options.speedup, shape, from_t)
+    wall_s = options.duration_s or shape.duration_s or pace.wall(scenario.duration)
+    return pace, min(scenario.duration, pace.virtual(wall_s))
 
 
 class EndToEnd:
@@ -159,9 +185,10 @@ class LiveDevices:
 
     def __init__(self, sender: Sender, clock: WallClock, *, target: str, write_key: str,
                  device_keys: dict[str, str] | None, qos: int, e2e: EndToEnd, shard: tuple[int, int] = (0, 1),
-                 end_t: float = float("inf")):
+                 from_t: float = 0.0, end_t: float = float("inf")):
         self.sender, self.clock = sender, clock
         self.shard = shard
+        self.from_t = from_t  # nothing of the fast-forward before --from is sent
         self.end_t = end_t  # nothing due after the run's end is sent, however early it was handed over
         self.url = target.rstrip("/") + UPSERT_PATH
         self.headers = {"Content-Type": "application/ld+json", "X-API-Key": write_key}
@@ -170,7 +197,7 @@ class LiveDevices:
         self.sent = 0
 
     def send(self, kind, device_ids, payloads, batch, encoder, t: float) -> list:
-        if t > self.end_t:
+        if t > self.end_t or t < self.from_t:
             return []
         index, count = self.shard
         if count > 1:
@@ -213,6 +240,7 @@ def drive(scenario: Scenario, options: DriveOptions, *, source: str = "scenario"
     parsed = check_options(options)
     if (scenario.devices is None or not scenario.devices.fleets) and scenario.field_reporting is None:
         raise UserInputError(f"{source}: nothing to drive — the scenario has neither devices nor field_reporting")
+    pace_of(scenario, options)  # --from against the scenario's day, before anything is built
     city, trips = load_inputs(scenario, scenario.seed, source)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,8 +265,8 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
     Setting `stop` ends it as Ctrl-C does; `on_start(stats, sender)` is told what it records into."""
     index, count = shard
     seed = scenario.seed
-    virtual_end = scenario.duration if options.duration_s is None else \
-        min(scenario.duration, options.duration_s * options.speedup)
+    pace, virtual_end = pace_of(scenario, options)
+    from_t = pace.from_t
     out = Path(options.out) if count == 1 else Path(options.out) / f"shard-{index}"
     out.mkdir(parents=True, exist_ok=True)
     stats = Stats()
@@ -260,13 +288,14 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
         write_key = create_key(options.target, options.admin_key, "operator", label="citytwin drive")
         if options.mqtt:
             _wait_for_ingest(options.target)
-        env = simpy.rt.RealtimeEnvironment(factor=1.0 / options.speedup, strict=False)
-        speedup = options.speedup
-        wall_clock = WallClock(to_wall_s=lambda t: t / speedup, to_virtual_s=lambda w: w * speedup)
+        env = PacedEnvironment(pace)
+        wall_clock = WallClock(to_wall_s=pace.wall, to_virtual_s=pace.virtual)
         started = wall_clock.utc0
+        lead_t = LEAD_WALL_S * pace.speedup_at(0.0)
         people = None
         if scenario.field_reporting is not None:
-            people = _people_port(scenario, options, env, sender, ledger, wall_clock, stats, shard)
+            people = _people_port(scenario, options, env, sender, ledger, wall_clock, stats, shard,
+                                  live_from=lambda: env.now >= from_t)
 
         def transport(spec, ioc, runners, *, epoch, clock):
             mine = [(d, r.fleet.kind.ENTITY_TYPE) for r in runners for d in r.fleet.device_ids
@@ -277,25 +306,36 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
                 keys = create_device_keys(options.target, options.admin_key, mine) if mine else {}
             subscribe(options.target, write_key, sorted({t for _, t in mine}) or ["Device"], notifications.url, None)
             carrier["live"] = LiveDevices(sender, wall_clock, target=options.target, write_key=write_key,
-                                          device_keys=keys, qos=options.qos, e2e=e2e, shard=shard, end_t=virtual_end)
+                                          device_keys=keys, qos=options.qos, e2e=e2e, shard=shard,
+                                          from_t=from_t, end_t=virtual_end)
             return carrier["live"]
 
         twin = build_twin(scenario, env, city, trips, ledger, seed, device_transport=transport,
-                          device_epoch=started, device_lead_s=LEAD_WALL_S * options.speedup, people_port=people)
+                          device_epoch=started, device_lead_s=lead_t, people_port=people)
         # Building the world took wall time: virtual t = 0 is now, or the first minutes would fire at once.
         env.sync()
         wall_clock.restart()
-        wall0 = wall_clock.wall0
         if people is not None:
             people.begin()
         if stop is not None:
-            env.process(_stop_when_set(env, stop, options.speedup))
+            env.process(_stop_when_set(env, stop, pace.speedup))
         if on_start is not None:
             on_start(stats, sender)
         showing = not options.quiet and console is not None
         view = Live(console=console, auto_refresh=False) if showing and console.is_terminal else None
-        if showing:
-            env.process(_live_table(env, stats, sender, options, console, view))
+
+        def live_now() -> None:
+            if showing:
+                env.process(_live_table(env, stats, sender, pace, options, console, view))
+
+        if from_t > 0:
+            if console is not None and not options.quiet:
+                console.print(f"fast-forwarding the world to {format_clock(scenario.start + from_t)} "
+                              "(nothing is sent before it)")
+            # Early enough that nothing due at or after from_t was handed over on the old clock.
+            env.process(_go_live(env, wall_clock, from_t - 1.5 * lead_t, LEAD_WALL_S, live_now))
+        else:
+            live_now()
         if view is not None:
             view.start()
         try:
@@ -310,7 +350,7 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
         if people is not None:
             people.deliver()  # the answers that came in after the end still go to the ledger
         twin.finish()
-        wall = time.monotonic() - wall0
+        wall = max(0.0, time.monotonic() - wall_clock.wall0)
     finally:
         sender.stop()
         notifications.stop()
@@ -321,6 +361,7 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
         if not ledger.closed:
             ledger.close()
     meta = {"scenario": scenario.name, "target": options.target, "mqtt": options.mqtt, "speedup": options.speedup,
+            "shape": pace.shape.text, "from": format_clock(scenario.start + from_t), "virtual_from_s": from_t,
             "started_at": started.isoformat(), "wall_s": round(wall, 3), "virtual_s": round(reached, 3),
             "interrupted": interrupted, "messages": carrier["live"].sent if carrier else 0,
             "devices": sum(len(r.fleet.device_ids) for r in twin.devices.runners) if twin.devices else 0,
@@ -329,10 +370,11 @@ def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard
 
 
 def _people_port(scenario: Scenario, options: DriveOptions, env, sender: Sender, ledger: Ledger, clock: WallClock,
-                 stats: Stats, shard: tuple[int, int]) -> LivePort | ShardedPort:
+                 stats: Stats, shard: tuple[int, int], *, live_from: Callable[[], bool]) -> LivePort | ShardedPort:
     """Citizens on Open311 and operators and crews on the operator API, each side with its own key (one
     app backend's key for every resident; a high rate, as the load is the point). A shard sends the reports
-    whose key it owns and keeps the others in memory."""
+    whose key it owns and keeps the others in memory, as are those made before the drive goes live
+    (`live_from()` false: fast-forwarding to --from)."""
     citizen_key = create_key(options.target, options.admin_key, "citizen", label="citytwin drive: residents",
                              rate_per_s=PEOPLE_RATE_PER_S)
     operator_key = create_key(options.target, options.admin_key, "operator",
@@ -347,11 +389,11 @@ def _people_port(scenario: Scenario, options: DriveOptions, env, sender: Sender,
                     operator_key=operator_key, deadlines_s=deadlines, on_closed_seen=closed_seen,
                     pump_every_s=PUMP_WALL_S * options.speedup)
     index, count = shard
-    if count == 1:
+    if count == 1 and not options.start_at:
         return port
     rng = np.random.default_rng(np.random.SeedSequence(scenario.seed, spawn_key=(7, index)))
     local = InProcessPort(new_ioc(rng, deadlines), DiscardLedger(), start_s=scenario.start)
-    return ShardedPort(port, local, owns=lambda key: in_shard(key, index, count))
+    return ShardedPort(port, local, owns=lambda key: live_from() and in_shard(key, index, count))
 
 
 def in_shard(key: str, index: int, count: int) -> bool:
@@ -463,6 +505,15 @@ class _ShardWorker:
         self._stop.set()
 
 
+def _go_live(env, wall_clock: WallClock, at_t: float, lead_s: float, then: Callable[[], None]):
+    """After the fast-forward: the pace's wall clock starts, `from_t` due `lead_s` from now."""
+    if at_t > env.now:
+        yield env.timeout(at_t - env.now)
+    env.sync(lead_s)
+    wall_clock.restart(lead_s)
+    then()
+
+
 def _stop_when_set(env, stop: threading.Event, speedup: float):
     """Ends the shard's run as Ctrl-C would, soon after `stop` is set (a process on the real-time clock)."""
     while not stop.is_set():
@@ -497,13 +548,14 @@ def _settle(sender: Sender, seconds: float) -> None:
     time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
 
 
-def _live_table(env, stats: Stats, sender: Sender, options: DriveOptions, console, view: Live | None):
-    """The terminal table every few wall seconds (a process on the real-time clock): redrawn in place on a
+def _live_table(env, stats: Stats, sender: Sender, pace: Pace, options: DriveOptions, console, view: Live | None):
+    """The terminal table every few wall seconds (a process on the paced clock): redrawn in place on a
     terminal (`view`), printed every ten seconds into a log."""
     start = time.monotonic()
     every = options.live_every_s if view is not None else max(options.live_every_s, 10.0)
     while True:
-        yield env.timeout(every * options.speedup)
+        due = pace.virtual(pace.wall(env.now) + every)
+        yield env.timeout(max(due - env.now, 1e-6))
         table = live.table(stats, time.monotonic() - start, in_flight=sender.in_flight)
         if view is not None:
             view.update(table, refresh=True)

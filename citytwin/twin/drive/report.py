@@ -626,7 +626,10 @@ def _keys_section(snap: Snapshot) -> str:
             "histograms (3 significant digits; each reads the top of its bucket, so a p99.9 can sit a hair above "
             "the exact max), as in summary.json and the thresholds. End-to-end keys (e2e.*) run from the message "
             "sent to its effect notified back: e2e.entity to the NGSI-LD notification of the entity's change, "
-            "e2e.alert to the IOC's alert on MQTT. Error kinds: timeout, connection (refused or dropped), http_4xx, http_5xx, "
+            "e2e.alert to the IOC's alert on MQTT, e2e.report from a citizen's Open311 POST to the first check "
+            "that showed the request closed (wall time, so crews' virtual hours count divided by the speedup). "
+            "open311.* are the citizens' calls (post, token lookup, get), operator.* the operators' and crews' "
+            "(get, acknowledge, assign, start, resolve, close, duplicate). Error kinds: timeout, connection (refused or dropped), http_4xx, http_5xx, "
             "invalid_body (a reply the driver could not use), overload (the driver's own in-flight cap was hit, "
             "so the request was never sent). Operations with failed requests are shaded.</p>")
     return (f'<section id="keys">\n<h2>Operations</h2>\n<table class="keys"><tr>{head}</tr>{"".join(rows)}</table>\n'
@@ -700,7 +703,7 @@ def _e2e_section(snap: Snapshot) -> str:
     keys = e2e_keys(snap.ops)
     if not keys:
         body = ('<p class="note">No end-to-end measurements: nothing the driver sent was seen coming back (no '
-                "NGSI-LD notification and no MQTT alert matched a message sent).</p>")
+                "NGSI-LD notification and no MQTT alert matched a message sent, no report was seen closed).</p>")
     else:
         shown = busiest(snap.ops, keys, MAX_E2E_PANELS)
         fig = distributions(snap.ops, shown, title="End-to-end times", colour="#31a354",
@@ -708,7 +711,8 @@ def _e2e_section(snap: Snapshot) -> str:
         body = img(fig, "End-to-end time distributions",
                    "How long the IOC took to show the effect of what the twin sent: e2e.entity from a telemetry "
                    "message to the NGSI-LD notification of the entity's change, e2e.alert from an observation to "
-                   "the IOC's alert on MQTT. Log-spaced bins over the HDR histograms, with p50, p95, p99 and the "
+                   "the IOC's alert on MQTT, e2e.report from a report posted to its reporter seeing it closed. "
+                   "Log-spaced bins over the HDR histograms, with p50, p95, p99 and the "
                    f"maximum marked.{_capped(shown, keys, 'end-to-end keys')}")
     return f'<section id="e2e">\n<h2>End to end</h2>\n{body}\n</section>'
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -53,9 +53,10 @@ class WallClock:
     wall0: float = field(default_factory=time.monotonic)
     utc0: datetime = field(default_factory=lambda: datetime.now(UTC))
 
-    def restart(self) -> None:
-        """Virtual t = 0 is now."""
-        self.wall0, self.utc0 = time.monotonic(), datetime.now(UTC)
+    def restart(self, offset_s: float = 0.0) -> None:
+        """Wall second 0 of the mapping is `offset_s` from now."""
+        self.wall0 = time.monotonic() + offset_s
+        self.utc0 = datetime.now(UTC) + timedelta(seconds=offset_s)
 
     def intended(self, t: float) -> float:
         return self.wall0 + float(self.to_wall_s(t))
