@@ -184,7 +184,9 @@ def _drive(args: argparse.Namespace) -> int:
                            ray_address=args.ray_address, quiet=args.quiet, shape=args.shape,
                            start_at=args.start_at)
     try:
-        result = drive(scenario, options, source=str(args.scenario), console=Console())
+        # Into a log the table keeps its columns whole (a terminal's own width is used on a terminal).
+        console = Console() if sys.stdout.isatty() else Console(width=150)
+        result = drive(scenario, options, source=str(args.scenario), console=console)
     except ConnectionError as err:
         print(f"citytwin drive: {err}", file=sys.stderr)
         return 1

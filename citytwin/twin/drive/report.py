@@ -559,8 +559,12 @@ def _header(title: str, snap: Snapshot, results: Sequence[Any], meta: dict[str, 
         ("Wall duration", escape(wall)),
         ("Started at", escape(_started_at(meta.get("started_at")))),
     ]
-    for name, label in (("devices", "Devices"), ("messages", "Messages sent"), ("workers", "Workers"),
-                        ("seed", "Seed")):
+    if meta.get("shape") not in (None, "constant"):
+        rows.append(("Load shape", escape(f"{meta['shape']} (multiplier of the speedup over wall time)")))
+    if meta.get("virtual_from_s"):
+        rows.append(("Sent from", escape(f"{meta.get('from')} of the scenario's day (fast-forwarded to it)")))
+    for name, label in (("devices", "Devices"), ("messages", "Messages sent"), ("reports", "Reports sent"),
+                        ("workers", "Workers"), ("seed", "Seed")):
         if meta.get(name) is not None:
             rows.append((label, escape(format_value(meta[name]))))
     rows.append(("Verdict", f'<span class="verdict-{"ok" if passed else "failed"}">{escape(text)}</span>'))
