@@ -417,8 +417,10 @@ def _drive_sharded(scenario: Scenario, options: DriveOptions, source: str, *, co
         worker = ray.remote(num_cpus=1, max_concurrency=2)(_ShardWorker)  # a second thread answers progress
         actors = [worker.remote() for _ in range(options.workers)]
         calls = [a.run.remote(scenario, options, source, (i, options.workers)) for i, a in enumerate(actors)]
-        # Bounded: the drive itself, plus building the world and settling.
-        deadline = time.monotonic() + (options.duration_s or scenario.duration / options.speedup) + 300.0
+        # Bounded: the drive itself, plus building the world, fast-forwarding to --from (a simulated day runs
+        # in minutes, far faster than 1 virtual s per 20 ms) and settling.
+        pace, virtual_end = pace_of(scenario, options)
+        deadline = time.monotonic() + pace.wall(virtual_end) + pace.from_t / 50.0 + 300.0
         every = options.live_every_s if view is not None else max(options.live_every_s, 10.0)
         if view is not None:
             view.start()
