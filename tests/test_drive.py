@@ -249,6 +249,9 @@ def test_citizens_operators_and_crews_close_the_loop_over_open311_and_the_operat
                 "operator.resolve", "operator.close", "e2e.report"):
         assert keys[key]["count"] > 0, key
     assert summary["meta"]["reports"] == keys["open311.post"]["count"] and summary["meta"]["devices"] == 0
+    # The field-reporting KPIs, by the simulated run's code, from what the live IOC answered.
+    reporting = summary["meta"]["field_reporting"]
+    assert 0 <= reporting["closed_within_deadline"]["value"] <= 100
 
     table = read_ledger(out / "ledger.parquet")
     submitted = events(table, "report.submitted")

@@ -31,7 +31,8 @@ from citytwin.devices_sim.encoders import entity_id, iota_topic
 from citytwin.ioc.core.catalog import DEFAULT_CATALOG
 
 from ..errors import UserInputError
-from ..ledger import Ledger
+from ..kpi.field_reporting import field_reporting_kpis
+from ..ledger import Ledger, read_ledger
 from ..ports import InProcessPort, new_ioc
 from ..ports.live import PUMP_WALL_S, DiscardLedger, LivePort, ShardedPort, WallClock
 from ..run import build_twin, load_inputs
@@ -248,6 +249,8 @@ def drive(scenario: Scenario, options: DriveOptions, *, source: str = "scenario"
         stats, meta = _drive_sharded(scenario, options, source, console=console)
     else:
         stats, meta = drive_shard(scenario, options, city, trips, shard=(0, 1), console=console)
+    if scenario.field_reporting is not None and options.workers == 1:
+        meta["field_reporting"] = _field_reporting(out / "ledger.parquet", scenario, meta["virtual_s"])
     results = thresholds.evaluate(parsed, stats, meta["wall_s"])
     summary = write_summary(out / "summary.json", stats, results, meta)
     write_locust_csvs(out, stats, meta["wall_s"])
@@ -255,6 +258,13 @@ def drive(scenario: Scenario, options: DriveOptions, *, source: str = "scenario"
     failed = any(not r.ok for r in results)
     code = EXIT_THRESHOLD if failed else EXIT_INTERRUPTED if meta["interrupted"] else EXIT_OK
     return DriveResult(exit_code=code, out_dir=out, results=results, summary=summary)
+
+
+def _field_reporting(ledger_path: Path, scenario: Scenario, end_t: float) -> dict | None:
+    """The service's KPIs from the drive's ledger, by the code a simulated run uses: the live requests as the
+    IOC answered them (a sharded drive's ledgers each repeat the world's rows, so it has none)."""
+    reporting = field_reporting_kpis(read_ledger(ledger_path), start_s=scenario.start, duration_s=end_t)
+    return reporting["kpis"] if reporting else None
 
 
 def drive_shard(scenario: Scenario, options: DriveOptions, city, trips, *, shard: tuple[int, int],
