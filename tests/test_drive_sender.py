@@ -665,3 +665,52 @@ def test_mqtt_messages_never_acknowledged_time_out_and_a_lost_broker_means_conne
         assert time.monotonic() - began < 8.0
         relay.close()
     assert stats.get("m.before").errors == {}
+
+
+class _Link:
+    """An MQTT link whose acknowledgements the test hands in: `ack_inside` acks a message before its publish()
+    returns, as paho's thread can."""
+
+    connected = True
+
+    def __init__(self, sender: Sender):
+        self.sender, self.mid, self.ack_inside = sender, 0, False
+
+    def publish(self, topic, payload, qos):
+        from paho.mqtt.enums import MQTTErrorCode
+
+        self.mid = self.mid % 3 + 1  # ids come round again, as paho's do after 65535
+        if self.ack_inside:
+            self.sender._on_mqtt_complete(self.mid, time.monotonic())
+        return MQTTErrorCode.MQTT_ERR_SUCCESS, self.mid
+
+
+def test_acks_recorded_in_paho_s_thread_count_each_message_once(stats):
+    """An ack that beats publish() back, an ack after its message timed out, and an id used again."""
+    sender = Sender(stats, timeout_s=0.2)
+    sender.start()
+    try:
+        link = sender._mqtt = _Link(sender)
+        link.ack_inside = True
+        sender._publish(time.monotonic(), "early", "t", b"{}", 1)  # mid 1, acked before publish() returned
+        assert count(stats, "early") == 1 and stats.get("early").errors == {}
+        assert sender.in_flight == 0 and not sender._early
+
+        link.ack_inside = False
+        sender._publish(time.monotonic(), "late", "t", b"{}", 1)  # mid 2, never acked in time
+        assert sender.in_flight == 1
+        time.sleep(0.25)
+        sender._sweep()
+        assert stats.get("late").errors == {"timeout": 1} and sender.in_flight == 0
+        sender._on_mqtt_complete(2, time.monotonic())  # its ack, late: changes nothing
+        assert count(stats, "late") == 1 and not sender._early
+
+        sender._publish(time.monotonic(), "next", "t", b"{}", 1)  # mid 3
+        sender._publish(time.monotonic(), "again", "t", b"{}", 1)  # mid 1 again
+        sender._on_mqtt_complete(1, time.monotonic())
+        sender._on_mqtt_complete(3, time.monotonic())
+        assert count(stats, "next") == count(stats, "again") == 1
+        assert stats.get("again").errors == {} and sender.in_flight == 0
+    finally:
+        sender._mqtt = None
+        sender.stop(drain_s=0.2)

@@ -12,9 +12,10 @@ httptools parsing the answers, a connection taken and given back in O(1)); see t
 httpx's client. `check` and `on_done` are handed an `httpx.Response` all the same.
 
 MQTT goes through one paho-mqtt client (`MqttLink`) with its own network thread: the loop publishes at the
-intended time, paho's thread reports completions (PUBACK for QoS 1, the write to the socket for QoS 0) back
-to the loop, and a periodic sweep on the loop records a message never acknowledged within `timeout_s` as
-`timeout`.
+intended time, and paho's thread records each completion itself (PUBACK for QoS 1, the write to the socket
+for QoS 0): handing every acknowledgement back to the loop cost a thread wake-up a message, a third of the
+QoS 1 rate. The messages awaiting completion sit in one lock-guarded table the two threads share; a
+periodic sweep on the loop records a message never acknowledged within `timeout_s` as `timeout`.
 
 Error kinds (the strings of `Stats.record`): `timeout` (no complete answer within `timeout_s` of the
 send, or no PUBACK), `connection` (refused, reset, closed before the answer was complete, TLS failure, no
@@ -98,7 +99,7 @@ class Sender:
                                                        keepalive_expiry=4.0)
         self.cancelled = 0  # in flight when `stop` gave up on them: not recorded
         self.unsent = 0  # still scheduled for later when `stop` came: not recorded
-        self._in_flight = 0  # loop thread only
+        self._in_flight = 0  # HTTP requests under way (loop thread only)
         self._scheduled = 0  # handed over, not yet due (loop thread only)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -107,7 +108,11 @@ class Sender:
         self._timer_pad = 0.0
         self._pool: Http1Pool | None = None
         self._mqtt: MqttLink | None = None
-        self._pending: dict[int, tuple[str, float, float]] = {}  # MQTT mid -> (key, intended, started)
+        # MQTT messages awaiting completion, shared by the loop (publish, sweep) and paho's thread (acks):
+        self._mqtt_lock = threading.Lock()
+        self._pending: dict[int, tuple[str, float, float]] = {}  # mid -> (key, intended, started)
+        self._early: dict[int, float] = {}  # mid -> completion that came before publish() stored its entry
+        self._swept: set[int] = set()  # mids recorded as timeouts: their late acks change nothing
         self._tasks: set[asyncio.Task] = set()
         self._inbox: list[tuple[Callable[..., None], tuple]] = []
         self._inbox_lock = threading.Lock()
@@ -172,12 +177,13 @@ class Sender:
 
     async def _shutdown(self, drain_s: float) -> None:
         deadline = time.monotonic() + max(0.0, drain_s)
-        while self._in_flight and time.monotonic() < deadline:
+        while self.in_flight and time.monotonic() < deadline:
             self._sweep()
             await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
         tasks = [task for task in self._tasks if not task.done()]
-        self.cancelled += len(self._pending) + len(tasks)
-        self._pending.clear()
+        with self._mqtt_lock:
+            self.cancelled += len(self._pending) + len(tasks)
+            self._pending.clear()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -198,12 +204,12 @@ class Sender:
     @property
     def in_flight(self) -> int:
         """Interactions sent and not yet complete (HTTP requests and MQTT messages awaiting their ack)."""
-        return self._in_flight
+        return self._in_flight + len(self._pending)
 
     @property
     def pending(self) -> int:
         """In flight plus handed over and not yet due: zero once everything given has completed."""
-        return self._in_flight + self._scheduled + len(self._inbox)
+        return self.in_flight + self._scheduled + len(self._inbox)
 
     @property
     def mqtt_connected(self) -> bool:
@@ -296,7 +302,7 @@ class Sender:
 
     def _start_http(self, intended: float, key: str, method: str, url: str, content: bytes | None,
                     headers: dict | None, check: Callable | None, on_done: OnDone | None) -> None:
-        if self._in_flight >= self.max_in_flight:
+        if self.in_flight >= self.max_in_flight:
             self._finish(key, intended, time.monotonic(), None, OVERLOAD, None, 0, on_done)
             return
         self._in_flight += 1
@@ -350,7 +356,7 @@ class Sender:
         if link is None or not link.connected:
             self.stats.record(key, intended, started, error=CONNECTION, started=started)
             return
-        if self._in_flight >= self.max_in_flight:
+        if self.in_flight >= self.max_in_flight:
             self.stats.record(key, intended, started, error=OVERLOAD)
             return
         try:
@@ -365,19 +371,25 @@ class Sender:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.stats.record(key, intended, time.monotonic(), error=CONNECTION, started=started)
             return
-        # paho's thread reports the completion through the inbox, so it reaches the loop after this line.
-        self._pending[mid] = (key, intended, started)
-        self._in_flight += 1
+        with self._mqtt_lock:
+            # paho's thread may have completed it already, between publish() and here.
+            done = self._early.pop(mid, None)
+            self._swept.discard(mid)  # the id is this message's now
+            if done is None:
+                self._pending[mid] = (key, intended, started)
+                return
+        self.stats.record(key, intended, done, started=started)
 
     def _on_mqtt_complete(self, mid: int, done: float) -> None:
-        """paho's network thread: a PUBACK (QoS 1) or a write (QoS 0) for `mid`."""
-        self._post(self._mqtt_done, (mid, done))
-
-    def _mqtt_done(self, mid: int, done: float) -> None:
-        entry = self._pending.pop(mid, None)
-        if entry is None:
-            return  # already recorded as a timeout (or cancelled at stop): a late ack changes nothing
-        self._in_flight -= 1
+        """paho's network thread: a PUBACK (QoS 1) or a write (QoS 0) for `mid`, recorded here."""
+        with self._mqtt_lock:
+            entry = self._pending.pop(mid, None)
+            if entry is None:
+                if mid in self._swept:
+                    self._swept.discard(mid)  # already recorded as a timeout: a late ack changes nothing
+                elif self._state == "running":
+                    self._early[mid] = done  # its publish() has not returned yet
+                return
         key, intended, started = entry
         self.stats.record(key, intended, done, started=started)
 
@@ -397,13 +409,14 @@ class Sender:
         now = time.monotonic()
         cutoff = now - self.timeout_s
         expired = []
-        for mid, (_, _, started) in self._pending.items():  # in publish order: the oldest come first
-            if started > cutoff:
-                break
-            expired.append(mid)
-        for mid in expired:
-            key, intended, started = self._pending.pop(mid)
-            self._in_flight -= 1
+        with self._mqtt_lock:
+            for mid, (_, _, started) in self._pending.items():  # in publish order: the oldest come first
+                if started > cutoff:
+                    break
+                expired.append(mid)
+            entries = [self._pending.pop(mid) for mid in expired]
+            self._swept.update(expired)
+        for key, intended, started in entries:
             self.stats.record(key, intended, now, error=TIMEOUT, started=started)
 
 
