@@ -67,6 +67,9 @@ class WallClock:
 
 
 class LivePort:
+    """The field-reporting port over HTTP to a live IOC (see the module's docstring); every call answers with
+    a SimPy event."""
+
     def __init__(self, env: simpy.Environment, sender: Sender, ledger: Ledger, clock: WallClock, *, target: str,
                  citizen_key: str, operator_key: str, deadlines_s: dict[str, float],
                  on_closed_seen: Callable[[float, float], None] | None = None, pump_every_s: float = 1.0):
