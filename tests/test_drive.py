@@ -116,22 +116,21 @@ def test_two_ray_workers_send_what_one_does_and_merge_exactly(tmp_path, server):
     assert published[0] == published[1] == s1["meta"]["messages"]
 
 
-def test_the_ioc_going_down_mid_run_is_counted_not_waited_for(tmp_path):
-    """Kill the IOC a few seconds in: the schedule goes on, the failures are connection errors, the run ends on
-    time and its results are complete."""
+def drive_while_the_ioc_dies(tmp_path, scenario: str, marker: str, *args: str) -> tuple[int, float, dict]:
+    """Drive `scenario`; a little after `marker` first shows in the IOC's access log, kill the IOC. The exit
+    code, the wall seconds the drive took, and its summary."""
     import threading
     import time
 
     db_url = f"sqlite:///{tmp_path}/ioc.db"
     admin = provision_key(db_url, "admin", rate_per_s=1e6)
     path = tmp_path / "drive.yaml"
-    path.write_text(SCENARIO, encoding="utf-8")
+    path.write_text(scenario, encoding="utf-8")
     out = tmp_path / "out"
 
     def kill_when_sending(process: ServerProcess) -> None:
-        """Once the first readings have arrived (the server's access log shows them), a little later."""
         deadline = time.monotonic() + 60
-        while "entityOperations/upsert" not in process.log_path.read_text() and time.monotonic() < deadline:
+        while marker not in process.log_path.read_text() and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(2.0)
         process.kill()
@@ -139,12 +138,19 @@ def test_the_ioc_going_down_mid_run_is_counted_not_waited_for(tmp_path):
     with ServerProcess(db_url, tmp_path / "server.log") as process:
         threading.Thread(target=kill_when_sending, args=(process,), daemon=True).start()
         started = time.monotonic()
-        code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "900",
-                     "--duration", "8s", "--out", str(out), "--quiet", "--threshold", "errors<1%"])
+        code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--out", str(out),
+                     "--quiet", "--threshold", "errors<1%", *args])
         took = time.monotonic() - started
+    return code, took, json.loads((out / "summary.json").read_text())
+
+
+def test_the_ioc_going_down_mid_run_is_counted_not_waited_for(tmp_path):
+    """Kill the IOC a few seconds in: the schedule goes on, the failures are connection errors, the run ends on
+    time and its results are complete."""
+    code, took, summary = drive_while_the_ioc_dies(tmp_path, SCENARIO, "entityOperations/upsert",
+                                                   "--speedup", "900", "--duration", "8s")
     assert code == 99
     assert took < 60
-    summary = json.loads((out / "summary.json").read_text())
     upsert = summary["keys"]["ngsild.upsert"]
     assert upsert["count"] > 0 and upsert["errors"].get("connection", 0) > 0
     assert upsert["count"] > upsert["errors"]["connection"]  # what went before the kill succeeded
@@ -327,3 +333,15 @@ def test_a_bad_pace_is_bad_input(tmp_path, server, capsys, args, says):
     assert code == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_people_carry_on_when_the_ioc_dies(tmp_path):
+    """Residents, operators and crews whose IOC is gone: their calls fail as connection errors, nobody waits
+    for an answer that will not come, and the drive ends on time."""
+    code, took, summary = drive_while_the_ioc_dies(tmp_path, PEOPLE, "/requests.json", "--speedup", "3600")
+    assert code == 99
+    assert took < 60
+    keys = summary["keys"]
+    failed = sum(k["errors"].get("connection", 0) for name, k in keys.items() if not name.startswith("e2e."))
+    assert failed > 0 and keys["open311.post"]["count"] > keys["open311.post"]["errors"].get("connection", 0)
+    assert summary["meta"]["virtual_s"] == 8 * 3600.0  # the whole day ran
