@@ -270,8 +270,9 @@ def test_citizens_operators_and_crews_close_the_loop_over_open311_and_the_operat
             assert client.get(f"/operator/v1/requests/{rid}").json()["reporter"]["account_id"].startswith("resident-")
     # The workflow steps the operators and crews took were on those ids, and some reached closed.
     status = events(table, "request.status")
-    assert set(status.subject.astype(int)) <= ids
-    assert (status.status == "closed").sum() > 0
+    # (requests an earlier test left waiting in the IOC's queue may be among them: operators take what it shows)
+    assert len(set(status.subject.astype(int)) & ids) > 0
+    assert status[status.subject.astype(int).isin(ids)].status.eq("closed").sum() > 0
     checked = events(table, "report.checked")
     assert len(checked) > 0 and set(checked.request_id.dropna().astype(int)) <= ids
     assert isinstance(checked, pd.DataFrame)
@@ -345,3 +346,35 @@ def test_people_carry_on_when_the_ioc_dies(tmp_path):
     failed = sum(k["errors"].get("connection", 0) for name, k in keys.items() if not name.startswith("e2e."))
     assert failed > 0 and keys["open311.post"]["count"] > keys["open311.post"]["errors"].get("connection", 0)
     assert summary["meta"]["virtual_s"] == 8 * 3600.0  # the whole day ran
+
+
+def test_operators_triage_what_the_ioc_queue_shows_even_a_request_the_twin_did_not_file(tmp_path):
+    """A resident's report filed at the IOC by someone else (another app) before the drive: the twin's
+    operators find it in the IOC's queue, route it, and its crews fix it and close it. (An IOC of its own:
+    the shared one's queue holds what other tests left.)"""
+    import httpx
+
+    from citytwin.twin.drive.provision import create_key
+
+    db_url = f"sqlite:///{tmp_path}/ioc.db"
+    admin = provision_key(db_url, "admin", rate_per_s=1e6)
+    path = tmp_path / "people.yaml"
+    path.write_text(PEOPLE, encoding="utf-8")
+    with ServerProcess(db_url, tmp_path / "server.log") as process:
+        outsider = create_key(process.url, admin, "citizen", label="another app")
+        with httpx.Client(base_url=process.url, timeout=10) as client:
+            posted = client.post("/requests.json", headers={"X-API-Key": outsider},
+                                 data={"service_code": "waste", "lat": "16.0678", "long": "108.2208",
+                                       "description": "Rác tồn đọng nhiều ngày"})
+            assert posted.status_code == 201
+            rid = int(posted.json()[0]["service_request_id"])
+        code = main(["drive", str(path), "--target", process.url, "--admin-key", admin, "--speedup", "3600",
+                     "--out", str(tmp_path / "out"), "--quiet"])
+        with httpx.Client(base_url=process.url, headers={"X-API-Key": admin}, timeout=10) as client:
+            detail = client.get(f"/operator/v1/requests/{rid}").json()
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["keys"]["operator.queue"]["count"] > 0
+    steps = [event["status"] for event in detail["history"]]
+    assert detail["status"] == "closed" and "acknowledged" in steps and "in_progress" in steps
+    assert all(event["actor"].startswith("citytwin drive") for event in detail["history"][1:])

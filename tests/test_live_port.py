@@ -194,3 +194,20 @@ def test_the_open311_answer_must_be_what_the_spec_says(tmp_path, ioc_app):
                                   request=httpx.Request("POST", "http://ioc.test/requests.json"))
         with pytest.raises((ValueError, LookupError, TypeError)):
             make(response)
+
+
+def test_the_operators_queue_shows_what_waits_for_intake_with_its_position(tmp_path, ioc_app):
+    client, citizen, operator = ioc_app
+    env, sender, ledger, port = new_port(tmp_path, client, citizen, operator)
+
+    def file_then_look():
+        first = yield from answer(port.submit(report("r1"), env.now))
+        second = yield from answer(port.submit(report("r2", category="road-damage"), env.now))
+        yield from answer(port.acknowledge(first.request_id, "op", env.now))
+        shown = yield from answer(port.new_requests(env.now))
+        return second, shown
+
+    second, shown = run(env, file_then_look())
+    assert [(v.request_id, v.status, v.category) for v in shown] == [(second.request_id, "received", "road-damage")]
+    assert (shown[0].lon, shown[0].lat) == pytest.approx((108.2208, 16.0678))
+    assert port.shows_in_queue(second.request_id) and port.adopts_unknown

@@ -246,6 +246,7 @@ class Organisation:
         self.desk = IntakeDesk(ctx.env, ctx.model, intake.shifts, ctx.start_s, rng,
                                patience_mean=intake.caller_patience)
         self.requests: dict[int, tuple[Report, str]] = {}  # request id -> (report, problem id) as reported
+        self._taken: set[int] = set()  # requests an operator has in hand or has dealt with
         self.jobs: dict[str, simpy.PriorityStore] = {}  # per category, earliest deadline first
         self._on_site: dict[str, simpy.Event] = {}  # problem id -> succeeds when the crew fixing it is done
         self._seq = itertools.count()
@@ -256,13 +257,52 @@ class Organisation:
     def start(self) -> None:
         for crew in self.crews:
             crew.start()
+        if hasattr(self.ctx.port, "shows_in_queue"):
+            self.ctx.env.process(self._watch_queue())
 
     # -- what citizens do --------------------------------------------------------------------------------
     def online_report(self, report: Report, receipt: Receipt) -> None:
-        """A report filed in the app or on the web joins the operators' review pile."""
+        """A report filed in the app or on the web joins the operators' review pile: at once in memory; at a
+        live IOC when the operators see it in its queue (`_watch_queue`)."""
         self._remember(report, receipt)
+        queued = getattr(self.ctx.port, "shows_in_queue", None)
+        if queued is None or not queued(receipt.request_id):
+            self._review(receipt)
+
+    def _review(self, receipt: Receipt) -> None:
+        rid = receipt.request_id
+        self._taken.add(rid)
         work = self.rng.exponential(self.spec.intake.triage_time)
-        self.desk.task(work, lambda operator, _wait: self._triage(operator, report, receipt))
+        # The report as known when the review starts: a live POST's answer may come after the queue showed it.
+        self.desk.task(work, lambda operator, _wait: self._triage(operator, self.requests[rid][0], receipt))
+
+    def _watch_queue(self):
+        """A live IOC: the desk's screen refreshes the IOC's queue of new requests, and each one nobody has taken
+        becomes a review task. A request the twin filed is known by its id; one it did not (filed by someone
+        else at the IOC) is reviewed as the queue shows it, when the port says so. An id not known yet gets one
+        refresh of grace: its POST's answer may still be on its way to the twin."""
+        env, port = self.ctx.env, self.ctx.port
+        adopts = getattr(port, "adopts_unknown", False)
+        unknown: set[int] = set()
+        while True:
+            yield env.timeout(self.spec.intake.queue_refresh)
+            shown = yield from answer(port.new_requests(env.now))
+            for view in shown or ():
+                rid = view.request_id
+                if rid in self._taken:
+                    continue
+                if rid not in self.requests:
+                    if not (adopts and rid in unknown):
+                        unknown.add(rid)
+                        continue
+                    nowhere = float("nan")  # a request without a position: the crew starts from the depot
+                    self.requests[rid] = (Report(key=f"ioc-{rid}", category=view.category,
+                                                 lon=nowhere if view.lon is None else view.lon,
+                                                 lat=nowhere if view.lat is None else view.lat,
+                                                 description=view.note, channel="ioc"), "")
+                unknown.discard(rid)
+                self._review(Receipt(request_id=rid, token="", duplicate_of=view.duplicate_of,
+                                     deadline_t=view.deadline_t))
 
     def call(self, report: Report) -> simpy.Event:
         """Hotline 1022: the event's value is the Receipt of the report the operator filed, or None when the
@@ -282,6 +322,7 @@ class Organisation:
                 failed.append(operator.name)
                 return None
             self._remember(filed, receipt)
+            self._taken.add(receipt.request_id)
             yield from self._triage(operator, filed, receipt)  # the operator files and routes it in the call
             return receipt
 

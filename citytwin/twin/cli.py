@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         "latency measured from the intended send time (no coordinated omission), in HDR histograms.\n"
         "  devices    NGSI-LD batch upserts over HTTP, or IoT Agent JSON over MQTT with --mqtt\n"
         "  citizens   Open311: POST /requests, then GET /tokens and /requests as they check on it\n"
-        "  operators  the operator API: open, acknowledge, assign, mark duplicates\n"
+        "  operators  the operator API: refresh the queue of new requests, open, acknowledge, assign, mark\n"
+        "             duplicates (a request someone else filed at the IOC is routed and fixed too)\n"
         "  crews      the operator API: assign, start, resolve, close (driving at the twin's speeds)\n"
         "Closed loop: the ids the IOC answers are what reporters poll and operators and crews act on.\n"
         "Keys, device keys and an NGSI-LD subscription are provisioned with the admin key; a listener takes\n"
@@ -85,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 all thresholds held, 99 a threshold failed, 2 bad input, 1 the IOC could not be\n"
         "reached, 130 interrupted (results are still written).\n\n"
         "thresholds (k6 style, repeatable): [key.]stat OP value[unit]\n"
-        "  keys: mqtt.publish, ngsild.upsert, open311.post|token|get, operator.get|acknowledge|assign|start|\n"
-        "        resolve|close|duplicate, e2e.entity, e2e.alert, e2e.report (a prefix selects all under it)\n"
+        "  keys: mqtt.publish, ngsild.upsert, open311.post|token|get, operator.queue|get|acknowledge|assign|\n"
+        "        start|resolve|close|duplicate, e2e.entity, e2e.alert, e2e.report (a prefix selects all under it)\n"
         "  stats: p50 p90 p95 p99 p99.9 max min avg (us, ms, s), errors (%), rate (/s), count\n"
         "  e.g.  --threshold 'mqtt.publish.p99<300ms' --threshold 'errors<1%' --threshold 'e2e.alert.p95<5s'")
     drive.add_argument("scenario", type=Path, help="scenario YAML file (with devices: or field_reporting:)")

@@ -633,7 +633,7 @@ def _keys_section(snap: Snapshot) -> str:
             "e2e.alert to the IOC's alert on MQTT, e2e.report from a citizen's Open311 POST to the first check "
             "that showed the request closed (wall time, so crews' virtual hours count divided by the speedup). "
             "open311.* are the citizens' calls (post, token lookup, get), operator.* the operators' and crews' "
-            "(get, acknowledge, assign, start, resolve, close, duplicate). Error kinds: timeout, connection (refused or dropped), http_4xx, http_5xx, "
+            "(queue, get, acknowledge, assign, start, resolve, close, duplicate). Error kinds: timeout, connection (refused or dropped), http_4xx, http_5xx, "
             "invalid_body (a reply the driver could not use), overload (the driver's own in-flight cap was hit, "
             "so the request was never sent). Operations with failed requests are shaded.</p>")
     return (f'<section id="keys">\n<h2>Operations</h2>\n<table class="keys"><tr>{head}</tr>{"".join(rows)}</table>\n'

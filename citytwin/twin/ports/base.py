@@ -48,6 +48,8 @@ class RequestView:
     category: str
     deadline_t: float
     updated_t: float
+    lon: float | None = None  # where it was reported (the operators' queue shows it)
+    lat: float | None = None
 
     @property
     def closed(self) -> bool:
@@ -82,6 +84,9 @@ class FieldReportPort(Protocol):
     def close(self, request_id: int, actor: str, t: float, note: str = "") -> RequestView: ...
 
     def mark_duplicate(self, request_id: int, of_id: int, actor: str, t: float) -> RequestView: ...
+
+    def new_requests(self, t: float) -> list[RequestView]:
+        """The requests waiting for intake (received, not yet acknowledged), as the operators' queue shows them."""
 
 
 def answer(reply: Any):

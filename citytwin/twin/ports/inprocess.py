@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from citytwin.ioc.core.memory import MemoryStore
-from citytwin.ioc.core.model import RequestDraft, Reporter, ServiceRequest
+from citytwin.ioc.core.model import RequestDraft, RequestQuery, Reporter, ServiceRequest, Status
 from citytwin.ioc.core.service import IOC
 
 from ..ledger import Ledger
@@ -84,6 +84,9 @@ class InProcessPort:
     def close(self, request_id: int, actor: str, t: float, note: str = "") -> RequestView:
         return self._step(self.ioc.close(request_id, actor, self.at(t), note), actor, t, note)
 
+    def new_requests(self, t: float) -> list[RequestView]:
+        return [self._view(r) for r in self.ioc.find_requests(RequestQuery(statuses=(Status.RECEIVED,)))]
+
     def mark_duplicate(self, request_id: int, of_id: int, actor: str, t: float) -> RequestView:
         request = self.ioc.mark_duplicate(request_id, of_id, actor, self.at(t))
         return self._step(request, actor, t, request.status_note)
@@ -102,4 +105,5 @@ class InProcessPort:
     def _view(self, request: ServiceRequest) -> RequestView:
         return RequestView(request_id=request.id, status=str(request.status), note=request.status_note,
                            duplicate_of=request.duplicate_of, category=request.service_code,
-                           deadline_t=self.virtual(request.deadline), updated_t=self.virtual(request.updated_at))
+                           deadline_t=self.virtual(request.deadline), updated_t=self.virtual(request.updated_at),
+                           lon=request.lon, lat=request.lat)

@@ -159,6 +159,16 @@ class LivePort:
                           _json_then(lambda answer: self._public_view(answer, request_id)))
 
     # -- operators and crews (the operator API) -------------------------------------------------------------
+    adopts_unknown = True  # a request in the queue the twin did not file is triaged too
+
+    def shows_in_queue(self, request_id: int) -> bool:
+        """Operators find this request in the IOC's queue (Organisation polls it) rather than being handed it."""
+        return True
+
+    def new_requests(self, t: float) -> simpy.Event:
+        return self._call(t, "operator.queue", "GET", f"{OPERATOR_API}?status=received&limit=1000", self._operator,
+                          None, _json_then(lambda answer: [self._operator_view(doc) for doc in answer]))
+
     def view(self, request_id: int, t: float) -> simpy.Event:
         return self._call(t, "operator.get", "GET", f"{OPERATOR_API}/{request_id}", self._operator, None,
                           _json_then(self._operator_view))
@@ -250,7 +260,8 @@ class LivePort:
     def _operator_view(self, doc: Any) -> RequestView:
         return RequestView(request_id=int(doc["id"]), status=str(doc["status"]), note=doc.get("status_note") or "",
                            duplicate_of=doc.get("duplicate_of"), category=str(doc["service_code"]),
-                           deadline_t=self._virtual(doc.get("deadline")), updated_t=self._virtual(doc.get("updated_at")))
+                           deadline_t=self._virtual(doc.get("deadline")), updated_t=self._virtual(doc.get("updated_at")),
+                           lon=doc.get("lon"), lat=doc.get("lat"))
 
     def _virtual(self, stamp: str | None) -> float:
         if not stamp:
@@ -273,6 +284,11 @@ class ShardedPort:
     (prefixed), so every later call finds its way back to the IOC that holds the request."""
 
     LOCAL_TOKEN = "~"
+    # Another worker's requests are in the same queue and look like no one's: each worker triages its own.
+    adopts_unknown = False
+
+    def shows_in_queue(self, request_id: int) -> bool:
+        return request_id > 0  # the live IOC's; the ones in memory are handed over as they are filed
 
     def __init__(self, live: LivePort, local: Any, owns: Callable[[str], bool]):
         self.live, self.local, self.owns = live, local, owns
@@ -322,6 +338,9 @@ class ShardedPort:
 
     def close(self, request_id: int, actor: str, t: float, note: str = "") -> Any:
         return self._route(request_id, "close", actor, t, note)
+
+    def new_requests(self, t: float) -> Any:
+        return self.live.new_requests(t)
 
     def mark_duplicate(self, request_id: int, of_id: int, actor: str, t: float) -> Any:
         if request_id > 0:

@@ -363,6 +363,9 @@ class IntakeSpec(Model):
     call_time: Annotated[Duration, Field(gt=0.0)] = 300.0  # mean talk and filing time of a call (exponential)
     triage_time: Annotated[Duration, Field(gt=0.0)] = 180.0  # mean review of an app or web report (exponential)
     caller_patience: Annotated[Duration, Field(gt=0.0)] | None = 240.0  # mean wait before hanging up; null: never
+    # A live drive: how often the desk's screen refreshes the IOC's queue of new requests (app and web reports
+    # are triaged as they show up there; in memory they are handed over as they are filed).
+    queue_refresh: Annotated[Duration, Field(gt=0.0)] = 60.0
 
 
 _DAY_SHIFT = Shift(start="07:00", end="17:00")
